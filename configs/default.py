@@ -1,0 +1,64 @@
+"""Defaults shared by every config: the seed study's data, model and training loop.
+
+Launch (train Model 1 of the seed; see configs/adam.py and configs/sgd.py):
+  python run_train.py --config=configs/default.py --workdir=runs/default
+Any field can be overridden, e.g. --config.optimizer.learning_rate=5e-4 --config.batch_size=64.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Shuffling and dropout.
+  config.init_seed = ml_collections.config_dict.placeholder(int)  # Parameters; None -> seed.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.data_dir = ""  # Else $FASHION_DATA_DIR.
+  config.data.cache_dir = ""  # Decoded-image cache; else $FASHION_CACHE_DIR or ~/.cache/fashion_jax.
+  config.data.label_column = "masterCategory"
+  config.data.merge_map = {"Home": "Free Items", "Sporting Goods": "Free Items"}
+  config.data.min_class_count = 0  # Rows of rarer classes are skipped (and reported).
+  config.data.split_fractions = (0.7, 0.1, 0.1, 0.1)  # train, val, test, control.
+  config.data.split_seed = 0  # Keep it fixed across models that are to be compared or ensembled.
+  config.data.image_height = 80
+  config.data.image_width = 60
+  config.data.max_rows = 0  # >0: a stratified slice of about this many rows, for smoke runs.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "seed_cnn"
+  config.model.filters = (32, 64, 128)
+  config.model.dense_units = 1024
+  config.model.dropout_rate = 0.02
+  config.model.bn_momentum = 0.99
+  config.model.bn_epsilon = 1e-3
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"  # adam, sgd or rmsprop.
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.decay_steps = 10000
+  config.optimizer.decay_rate = 0.9
+  config.optimizer.staircase = False
+  config.optimizer.beta1 = 0.9
+  config.optimizer.beta2 = 0.999
+  config.optimizer.eps = 1e-7  # Keras' default for Adam and RMSprop.
+  config.optimizer.momentum = 0.0
+  config.optimizer.nesterov = False
+  config.optimizer.rho = 0.9
+
+  config.batch_size = 32
+  config.eval_batch_size = 256
+  config.num_epochs = 50
+
+  config.early_stopping = ml_collections.ConfigDict()
+  config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the seed did.
+  config.early_stopping.patience = 3
+  config.early_stopping.restore_best = True
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 500  # Plus one at every epoch end.
+  config.checkpoint.keep_epochs = 5  # Last K epoch-end checkpoints kept (soup ingredients).
+
+  config.log_every_steps = 100
+  config.progress_bar = True
+  return config

@@ -1,0 +1,1 @@
+"""fashion_jax: JAX/Flax training and evaluation for fashion product photo classification."""

@@ -1,0 +1,165 @@
+"""From styles.csv and decoded images to labelled, stratified train/val/test/control arrays.
+
+Every row that is not used is accounted for in a skip report (written into the workdir): malformed
+CSV lines, rows whose image is missing or does not decode, rows without a label, and rows of
+classes below the configured minimum count.
+"""
+
+import csv
+import dataclasses
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from fashion_jax import image_cache
+from fashion_jax import styles
+
+SUBSETS = ("train", "val", "test", "control")
+SPLIT_FILE = "split.csv"
+SKIPPED_FILE = "skipped_rows.csv"
+
+
+@dataclasses.dataclass
+class Subset:
+    ids: np.ndarray       # int64 [N]
+    images: np.ndarray    # uint8 [N, H, W, 3]
+    labels: np.ndarray    # int32 [N]
+
+    def __len__(self):
+        return len(self.ids)
+
+
+@dataclasses.dataclass
+class FashionData:
+    class_names: list
+    subsets: dict          # name -> Subset
+    skipped: list          # (id or "line N", reason)
+    split: pd.DataFrame    # columns id, subset, label
+
+
+def apply_label_rules(rows: pd.DataFrame, label_column: str, merge_map: dict,
+                      min_class_count: int):
+    """Returns (rows with a `label` column, skipped list); class names are sorted."""
+    if label_column not in rows.columns:
+        raise styles.DataError(
+            f"Label column {label_column!r} (--config.data.label_column) is not in styles.csv; "
+            f"choose one of {', '.join(styles.STYLE_COLUMNS[1:])}.")
+    skipped = [(int(i), f"no value in column {label_column}")
+               for i in rows.loc[rows[label_column].isna(), "id"]]
+    rows = rows[rows[label_column].notna()].copy()
+    rows["label"] = rows[label_column].map(lambda v: merge_map.get(v, v))
+    counts = rows["label"].value_counts()
+    rare = sorted(counts[counts < max(min_class_count, 1)].index)
+    if rare:
+        for i, label in rows.loc[rows["label"].isin(rare), ["id", "label"]].itertuples(index=False):
+            skipped.append((int(i), f"class {label!r} has {counts[label]} rows, below "
+                                    f"min_class_count={min_class_count}"))
+        rows = rows[~rows["label"].isin(rare)]
+    return rows, skipped
+
+
+def stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> np.ndarray:
+    """Assigns each index to a subset name, stratified by label, reproducible for `seed`."""
+    names = list(fractions)
+    if not np.isclose(sum(fractions.values()), 1.0):
+        raise ValueError(f"--config.data.split fractions must sum to 1, got {fractions}")
+    counts = pd.Series(labels).value_counts()
+    too_small = counts[counts < len(names)]
+    if len(too_small):
+        raise styles.DataError(
+            f"Classes {dict(too_small)} have fewer rows than there are subsets ({len(names)}), "
+            "so a stratified split is impossible; raise --config.data.min_class_count.")
+    assignment = np.empty(len(labels), dtype=object)
+    remaining, remaining_fraction = np.arange(len(labels)), 1.0
+    for n, name in enumerate(names[:-1]):
+        share = fractions[name] / remaining_fraction
+        taken, remaining = train_test_split(
+            remaining, train_size=share, stratify=labels[remaining], random_state=seed + n)
+        assignment[taken] = name
+        remaining_fraction -= fractions[name]
+    assignment[remaining] = names[-1]
+    return assignment
+
+
+def load_data(data_config, workdir: Optional[str] = None, show_progress: bool = True) -> FashionData:
+    """Reads, decodes, labels and splits the dataset; writes split and skip report to workdir."""
+    data_dir = styles.resolve_data_dir(data_config.data_dir)
+    csv_path = os.path.join(data_dir, "styles.csv")
+    table = styles.read_styles(csv_path)
+    skipped = [(f"line {line}", reason) for line, _, reason in table.skipped]
+    rows, label_skips = apply_label_rules(
+        table.rows, data_config.label_column, dict(data_config.merge_map),
+        data_config.min_class_count)
+    skipped += label_skips
+    if data_config.max_rows:  # A deterministic, stratification-preserving slice for smoke runs.
+        rows = rows.sample(frac=1.0, random_state=data_config.split_seed)
+        rows = rows.groupby("label", group_keys=False).head(
+            max(4, data_config.max_rows // rows["label"].nunique()))
+
+    decoded = image_cache.decode_images(
+        os.path.join(data_dir, "images"), rows["id"].tolist(), data_config.image_height,
+        data_config.image_width, cache_dir=data_config.cache_dir or None,
+        show_progress=show_progress)
+    skipped += [(i, reason) for i, reason in decoded.failed]
+    position = decoded.index_of()
+    rows = rows[rows["id"].map(lambda i: i in position)].sort_values("id")
+
+    class_names = sorted(rows["label"].unique())
+    label_ids = rows["label"].map({name: n for n, name in enumerate(class_names)}).to_numpy()
+    fractions = dict(zip(SUBSETS, data_config.split_fractions))
+    assignment = stratified_split(label_ids, fractions, data_config.split_seed)
+    split = pd.DataFrame({"id": rows["id"].to_numpy(), "subset": assignment,
+                          "label": rows["label"].to_numpy()})
+    subsets = {}
+    for name in SUBSETS:
+        mask = assignment == name
+        ids = split["id"].to_numpy()[mask]
+        subsets[name] = Subset(ids=ids, images=decoded.images[[position[i] for i in ids]],
+                               labels=label_ids[mask].astype(np.int32))
+    _log_skips(skipped, csv_path)
+    data = FashionData(class_names, subsets, skipped, split)
+    if workdir:
+        write_split(data, workdir)
+    return data
+
+
+def _log_skips(skipped, csv_path):
+    if not skipped:
+        return
+    by_reason = pd.Series([_reason_kind(r) for _, r in skipped]).value_counts()
+    logging.warning("%d rows of %s are not used: %s. First: %s. Full list in %s.",
+                    len(skipped), csv_path, {k: int(v) for k, v in by_reason.items()},
+                    ", ".join(f"{i} ({r})" for i, r in skipped[:5]), SKIPPED_FILE)
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0].split(" (")[0] if "min_class_count" not in reason else "rare class"
+
+
+def write_split(data: FashionData, workdir: str):
+    """Writes split.csv (refusing to overwrite a different one) and skipped_rows.csv."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, SPLIT_FILE)
+    if os.path.exists(path):
+        previous = read_split(workdir)
+        same = (len(previous) == len(data.split) and
+                (previous.to_numpy() == data.split.to_numpy()).all())
+        if not same:
+            raise styles.DataError(
+                f"{path} holds a different split than this config and dataset produce (the data "
+                "or the data config changed). Use a new --workdir, or restore the original data.")
+    else:
+        data.split.to_csv(path, index=False)
+    with open(os.path.join(workdir, SKIPPED_FILE), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id_or_line", "reason"])
+        writer.writerows(data.skipped)
+
+
+def read_split(workdir: str) -> pd.DataFrame:
+    return pd.read_csv(os.path.join(workdir, SPLIT_FILE), dtype={"id": "int64"},
+                       keep_default_na=False).astype({"subset": object, "label": object})

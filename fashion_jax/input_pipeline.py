@@ -1,0 +1,47 @@
+"""Batches of uint8 images and int32 labels with fixed shapes.
+
+Training: a fresh permutation per epoch derived from (seed, epoch) alone, so a resumed run sees
+exactly the batches an uninterrupted one would. The last, partial batch is filled up with the first
+images of the same epoch's permutation, so every batch has one shape (no recompilation) and every
+image is seen at least once per epoch.
+
+Evaluation: in order, the last batch padded with zeros and a `mask` that marks real images, so each
+image is counted exactly once.
+"""
+
+import math
+
+import numpy as np
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return math.ceil(num_examples / batch_size)
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_batches(images, labels, batch_size: int, seed: int, epoch: int, first_step: int = 0):
+    """Yields (step_in_epoch, batch dict) from `first_step` to the end of the epoch."""
+    n = len(labels)
+    order = epoch_permutation(n, seed, epoch)
+    for step in range(first_step, steps_per_epoch(n, batch_size)):
+        idx = order[np.arange(step * batch_size, (step + 1) * batch_size) % n]
+        yield step, {"image": images[idx], "label": labels[idx]}
+
+
+def eval_batches(images, labels, batch_size: int):
+    """Yields padded batches with a float32 `mask` (1 for real images, 0 for padding)."""
+    n = len(images)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        pad = batch_size - (stop - start)
+        image = images[start:stop]
+        batch = {"image": image, "label": labels[start:stop] if labels is not None
+                 else np.zeros(stop - start, np.int32),
+                 "mask": np.ones(stop - start, np.float32)}
+        if pad:
+            batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+                     for k, v in batch.items()}
+        yield batch

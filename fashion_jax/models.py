@@ -1,0 +1,76 @@
+"""The seed study's CNN in Flax Linen, with Keras' layer semantics and initialisers.
+
+Input uint8 or float [B, 80, 60, 3] already scaled to [0, 1]. Three blocks of filters 32, 64, 128:
+[Conv 3x3 VALID -> ReLU -> BatchNorm] twice, MaxPool 2x2, Dropout; then Flatten (3072) -> Dropout ->
+Dense 1024 + ReLU -> Dropout -> Dense(num_classes) logits.
+
+Two formulations chosen for CPU speed keep the parameters and the maths of the Keras layers:
+the 3x3 convolution is an im2col (nine shifted slices concatenated on channels) followed by one
+matrix product, and the 2x2 max pool is a reshape and max. On these CPUs XLA's native convolution
+and `nn.max_pool` (select-and-scatter backward) were markedly slower (see bench/).
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+keras_kernel_init = nn.initializers.glorot_uniform()
+
+
+class Conv3x3Valid(nn.Module):
+    """A 3x3 VALID convolution, stride 1; parameters `kernel` [3, 3, Cin, Cout] and `bias`."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        cin = x.shape[-1]
+        kernel = self.param("kernel", keras_kernel_init, (3, 3, cin, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        height, width = x.shape[1] - 2, x.shape[2] - 2
+        patches = jnp.concatenate(
+            [x[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
+        return patches @ kernel.reshape(9 * cin, self.features).astype(x.dtype) + bias
+
+
+def max_pool_2x2(x):
+    """2x2 max pool, stride 2, VALID (an odd last row/column is dropped, as in Keras)."""
+    n, h, w, c = x.shape
+    x = x[:, :h // 2 * 2, :w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class SeedCNN(nn.Module):
+    num_classes: int
+    filters: Sequence[int] = (32, 64, 128)
+    dense_units: int = 1024
+    dropout_rate: float = 0.02
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for features in self.filters:
+            for _ in range(2):
+                x = nn.relu(Conv3x3Valid(features)(x))
+                x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                                 epsilon=self.bn_epsilon)(x)
+            x = max_pool_2x2(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(self.dense_units, kernel_init=keras_kernel_init)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, kernel_init=keras_kernel_init)(x)
+
+
+MODELS = {"seed_cnn": SeedCNN}
+
+
+def create_model(model_config, num_classes: int) -> nn.Module:
+    """Builds the model named by `model_config.name` from the remaining fields."""
+    fields = dict(model_config)
+    name = fields.pop("name")
+    if name not in MODELS:
+        raise ValueError(f"--config.model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
+    return MODELS[name](num_classes=num_classes, **fields)

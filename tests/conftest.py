@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny synthetic datasets in the Kaggle layout, and the real data's location."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
+HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
+# One colour per class so a small network can learn the task in a few steps.
+CLASS_COLOURS = {"Accessories": (200, 40, 40), "Apparel": (40, 200, 40),
+                 "Footwear": (40, 40, 200), "Personal Care": (200, 200, 40),
+                 "Sporting Goods": (40, 200, 200), "Home": (40, 200, 200)}
+
+
+def write_synthetic_dataset(root, rows_per_class=24, seed=0, classes=None):
+    """styles.csv + images/<id>.jpg with class-coloured noisy images; returns the folder."""
+    root = pathlib.Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines, style_id = [HEADER], 1000
+    for name in classes or ["Accessories", "Apparel", "Footwear", "Personal Care"]:
+        colour = np.array(CLASS_COLOURS[name], np.float32)
+        for _ in range(rows_per_class):
+            style_id += 1
+            lines.append(f"{style_id},Men,{name},Sub,Type,Blue,Summer,2012,Casual,Item {style_id}")
+            pixels = colour + rng.normal(0, 30, (80, 60, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(
+                root / "images" / f"{style_id}.jpg", quality=90)
+    (root / "styles.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def synthetic_data(tmp_path):
+    return write_synthetic_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("FASHION_CACHE_DIR", str(path))
+    return path
+
+
+def tiny_config(data_dir, **overrides):
+    """configs/tiny.py pointed at `data_dir`, with fields overridden by dotted names."""
+    from configs import tiny
+    config = tiny.get_config()
+    config.data.data_dir = str(data_dir)
+    config.data.max_rows = 0
+    config.progress_bar = False
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+requires_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "styles.csv").exists(),
+    reason=f"the real dataset is not at {SHARED_DATA} (../shared/data beside the repository)")

@@ -1,0 +1,124 @@
+"""Orbax save/restore, and a run killed with SIGKILL that resumes to the same parameters."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from fashion_jax import checkpointing
+from fashion_jax import reporting
+from fashion_jax import train
+from tests.conftest import REPO_ROOT, write_synthetic_dataset
+from tests.test_train_step import make_state, synthetic_batch
+
+
+def test_save_then_restore_gives_identical_predictions(tmp_path):
+    state = make_state()
+    batch = synthetic_batch()
+    state, _ = jax.jit(train.train_step)(state, batch, jax.random.key(0))
+    manager = checkpointing.create_manager(str(tmp_path), run_metadata={"class_names": ["a"]})
+    checkpointing.save(manager, 1, train.state_tree(state), {"history": []},
+                       metrics={"monitored": 0.5, "epoch": 1})
+    manager.wait_until_finished()
+
+    reader = checkpointing.create_manager(str(tmp_path), read_only=True)
+    fresh = make_state(seed=99)
+    tree, progress = checkpointing.restore(reader, 1, checkpointing.abstract_tree(
+        train.state_tree(fresh)))
+    restored = fresh.replace(**tree)
+    assert progress == {"history": []}
+    assert checkpointing.run_metadata(reader)["class_names"] == ["a"]
+    assert int(restored.step) == 1
+
+    def predict(s):
+        return np.asarray(train.predict_logits(
+            s.apply_fn, {"params": s.params, "batch_stats": s.batch_stats}, batch["image"]))
+    np.testing.assert_array_equal(predict(restored), predict(state))
+    assert not np.array_equal(predict(fresh), predict(state))
+
+
+def test_manager_keeps_latest_best_and_last_epochs(tmp_path):
+    manager = checkpointing.create_manager(str(tmp_path), keep_epochs=2)
+    tree = {"w": np.zeros(3, np.float32)}
+    for step, loss in [(10, 0.5), (20, 0.3), (30, 0.4), (40, 0.6), (45, None), (50, 0.7)]:
+        metrics = None if loss is None else {"monitored": loss, "epoch": step // 10}
+        checkpointing.save(manager, step, tree, {}, metrics=metrics)
+        manager.wait_until_finished()
+    # Best (20), the last two epoch ends (40, 50), latest (50); the mid-epoch 45 is gone.
+    assert manager.all_steps() == [20, 40, 50]
+    assert manager.latest_step() == 50
+    assert manager.best_step() == 20
+
+
+def run_train(workdir, data_dir, cache_dir, *extra):
+    command = [sys.executable, str(REPO_ROOT / "run_train.py"), "--config=configs/tiny.py",
+               f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+               "--config.data.max_rows=0", "--config.num_epochs=5",
+               "--config.early_stopping.patience=100", "--config.checkpoint.every_steps=2",
+               "--config.progress_bar=false", *extra]
+    env = dict(os.environ, FASHION_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu")
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finished_steps(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+def final_params(workdir):
+    manager = checkpointing.create_manager(str(workdir), read_only=True)
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, jax.device_get(restored["state"])
+
+
+@pytest.mark.parametrize("kill_after_steps", [(3, 17)])
+def test_sigkill_and_resume_gives_the_same_parameters(tmp_path, kill_after_steps):
+    data_dir = write_synthetic_dataset(tmp_path / "data", rows_per_class=40)
+    cache_dir = tmp_path / "cache"
+    reference = tmp_path / "reference"
+    process = run_train(reference, data_dir, cache_dir)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+
+    interrupted = tmp_path / "interrupted"
+    kills = 0
+    for threshold in kill_after_steps:
+        process = run_train(interrupted, data_dir, cache_dir)
+        deadline = time.time() + 300
+        while process.poll() is None and time.time() < deadline:
+            steps = finished_steps(interrupted)
+            if steps and steps[-1] >= threshold:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.02)
+        process.wait(timeout=60)
+    assert kills >= 1, "the run finished before it could be killed; make it longer"
+    process = run_train(interrupted, data_dir, cache_dir)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "Resumed from checkpoint" in output
+
+    step_a, state_a = final_params(reference)
+    step_b, state_b = final_params(interrupted)
+    assert step_a == step_b
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+    keys = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    history_a = [{k: r[k] for k in keys} for r in reporting.read_metrics(reference)]
+    history_b = [{k: r[k] for k in keys} for r in reporting.read_metrics(interrupted)]
+    assert history_a == history_b and len(history_a) == 5
+    summary_a = json.loads((reference / "summary.json").read_text())
+    summary_b = json.loads((interrupted / "summary.json").read_text())
+    assert summary_a["val_accuracy"] == summary_b["val_accuracy"]
+    assert summary_a["final_step"] == summary_b["final_step"]

@@ -1,0 +1,90 @@
+"""Jitted train and eval steps on CPU with synthetic batches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fashion_jax import input_pipeline
+from fashion_jax import models
+from fashion_jax import optim
+from fashion_jax import train
+from tests.conftest import tiny_config
+
+
+def make_state(seed=0, optimizer="adam", learning_rate=1e-3):
+    config = tiny_config("unused", seed=seed, **{"optimizer.name": optimizer,
+                                                 "optimizer.learning_rate": learning_rate})
+    model = models.create_model(config.model, 4)
+    lr_fn = optim.create_learning_rate_fn(config.optimizer)
+    return train.create_train_state(config, model, lr_fn, (80, 60, 3))
+
+
+def synthetic_batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n).astype(np.int32)
+    images = (labels[:, None, None, None] * 60 + rng.integers(0, 30, (n, 80, 60, 3))).astype(np.uint8)
+    return {"image": images, "label": labels}
+
+
+@pytest.mark.parametrize("optimizer,learning_rate", [("adam", 1e-3), ("sgd", 1e-2), ("rmsprop", 1e-3)])
+def test_jitted_train_step_lowers_the_loss(optimizer, learning_rate):
+    state = make_state(optimizer=optimizer, learning_rate=learning_rate)
+    batch = synthetic_batch()
+    step = jax.jit(train.train_step, donate_argnums=(0,))
+    rng = jax.random.key(0)
+    losses = []
+    for _ in range(15):
+        state, metrics = step(state, batch, rng)
+        losses.append(float(metrics["loss_sum"] / metrics["count"]))
+    assert int(state.step) == 15
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_same_seed_same_parameters_different_seed_different():
+    batch = synthetic_batch()
+    step = jax.jit(train.train_step)
+
+    def run(seed):
+        state = make_state(seed=seed)
+        for _ in range(3):
+            state, _ = step(state, batch, jax.random.key(seed))
+        return jax.device_get(state.params)
+
+    a, b, c = run(0), run(0), run(1)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a["Dense_0"]["kernel"], c["Dense_0"]["kernel"])
+
+
+def test_eval_counts_every_image_once_with_padding():
+    state = make_state()
+    batch = synthetic_batch(n=37)
+    step = jax.jit(train.eval_step)
+    sums = [jax.device_get(step(state, b)) for b in
+            input_pipeline.eval_batches(batch["image"], batch["label"], 16)]
+    assert [s["count"] for s in sums] == [16, 16, 5]
+    logits = train.predict_logits(state.apply_fn, {"params": state.params,
+                                                   "batch_stats": state.batch_stats},
+                                  batch["image"])
+    expected_correct = int((np.asarray(logits).argmax(-1) == batch["label"]).sum())
+    assert sum(s["correct"] for s in sums) == expected_correct
+
+
+def test_train_batches_cover_the_epoch_with_fixed_shapes():
+    images = np.arange(10)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    labels = np.arange(10, dtype=np.int32)
+    batches = list(input_pipeline.train_batches(images, labels, 4, seed=0, epoch=0))
+    assert [s for s, _ in batches] == [0, 1, 2]
+    seen = np.concatenate([b["label"] for _, b in batches])
+    assert len(seen) == 12 and set(seen) == set(range(10))
+    assert all(b["image"].shape == (4, 2, 2, 3) for _, b in batches)
+    again = list(input_pipeline.train_batches(images, labels, 4, seed=0, epoch=0, first_step=1))
+    np.testing.assert_array_equal(again[0][1]["label"], batches[1][1]["label"])
+    other_epoch = np.concatenate([b["label"] for _, b in
+                                  input_pipeline.train_batches(images, labels, 4, 0, epoch=1)])
+    assert not np.array_equal(seen, other_epoch)
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    with pytest.raises(train.NonFiniteLossError, match="learning_rate"):
+        train._check_finite({"loss_sum": np.float32(np.nan), "count": 1.0}, step=7, epoch=0)
