@@ -5,6 +5,7 @@ resumes from the latest checkpoint and ends with the same parameters as an unint
 """
 
 import functools
+import json
 import math
 import time
 from typing import Any
@@ -180,6 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = 0
     if manager.latest_step() is not None:
         step = manager.latest_step()
+        _warn_about_config_changes(checkpointing.run_metadata(manager).get("config"), config)
         tree, progress = checkpointing.restore(
             manager, step, checkpointing.abstract_tree(state_tree(state)))
         state = state.replace(**tree)
@@ -275,6 +277,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("Done: best epoch %d, val accuracy %.4f on %d images.",
                  summary["best_epoch"], summary["val_accuracy"], summary["val_images"])
     return summary
+
+
+def _flatten(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def _warn_about_config_changes(saved_json, config):
+    """Resuming with other settings is allowed (e.g. more epochs) but never silent."""
+    if not saved_json:
+        return
+    saved, now = _flatten(json.loads(saved_json)), _flatten(json.loads(config.to_json()))
+    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+               if saved.get(k) != now.get(k)}
+    if changed:
+        logging.warning("Resuming with a config that differs from the one this run started with "
+                        "(field: saved -> now): %s", changed)
 
 
 def _check_finite(host_sums, step, epoch):
