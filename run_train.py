@@ -3,6 +3,8 @@
   python run_train.py --config=configs/adam.py --workdir=runs/adam [--config.field=value ...]
 
 Running the same command again on a workdir with checkpoints resumes from the latest one.
+Multi-process: add --distributed (launcher environment) or --coordinator_address=host:port
+--num_processes=N --process_id=i, with the same --workdir on a shared filesystem.
 """
 
 import sys
@@ -22,16 +24,25 @@ from fashion_jax import logging_setup  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize(), detecting the cluster from the launcher "
+                  "(SLURM, Open MPI, Kubernetes, TPU) for values not given below.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from fashion_jax import parallel
   from fashion_jax import train
   from fashion_jax.styles import DataError
   from fashion_jax.train import NonFiniteLossError
   logging_setup.quiet_library_logs()
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id, auto=FLAGS.distributed)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (DataError, NonFiniteLossError) as e:

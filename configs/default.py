@@ -12,6 +12,10 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0  # Shuffling and dropout.
   config.init_seed = ml_collections.config_dict.placeholder(int)  # Parameters; None -> seed.
+  # Or start from a training workdir's parameters and BatchNorm statistics (fresh optimizer state),
+  # e.g. so that several runs share one initialisation and can be souped (run_eval.py).
+  config.init_checkpoint = ""
+  config.init_checkpoint_step = "best"  # "best", "latest" or a step number of init_checkpoint.
 
   config.data = ml_collections.ConfigDict()
   config.data.data_dir = ""  # Else $FASHION_DATA_DIR.
@@ -32,6 +36,7 @@ def get_config():
   config.model.dropout_rate = 0.02
   config.model.bn_momentum = 0.99
   config.model.bn_epsilon = 1e-3
+  config.model.dtype = "float32"  # "bfloat16": compute in bf16, parameters/optimizer in float32.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"  # adam, sgd or rmsprop.
@@ -49,6 +54,10 @@ def get_config():
   config.batch_size = 32
   config.eval_batch_size = 256
   config.num_epochs = 50
+  # "auto": keep the uint8 training images on the accelerator (not on CPU) and run
+  # steps_per_dispatch steps per call with lax.scan (0: 50 on accelerators; always 1 on host data).
+  config.data_on_device = "auto"
+  config.steps_per_dispatch = 0
 
   config.early_stopping = ml_collections.ConfigDict()
   config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the seed did.

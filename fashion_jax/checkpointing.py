@@ -54,8 +54,10 @@ def create_manager(workdir: str, keep_epochs: int = 1, run_metadata: Optional[di
         best_fn=_monitored, best_mode="min", preservation_policy=None if read_only else preservation,
         read_only=read_only, create=not read_only,
         enable_async_checkpointing=not read_only)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                                 metadata=None if read_only else run_metadata)
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir), options=options, metadata=None if read_only else run_metadata,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "progress": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state_tree, progress: dict,
@@ -76,6 +78,17 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state_tree
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state_tree)))
     return restored["state"]
+
+
+def restore_state_on_this_host(manager: ocp.CheckpointManager, step: int, sharding=None):
+    """Restores the saved state tree onto `sharding` (default: this host's first device),
+    whatever topology (devices, processes) it was saved from. The tree structure comes from
+    the checkpoint itself, so no model or optimizer needs to be built first."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    saved = manager.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          saved)
+    return restore_state(manager, step, target)
 
 
 def run_metadata(manager: ocp.CheckpointManager) -> dict:

@@ -22,17 +22,33 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def train_batches(images, labels, batch_size: int, seed: int, epoch: int, first_step: int = 0):
-    """Yields (step_in_epoch, batch dict) from `first_step` to the end of the epoch."""
-    n = len(labels)
-    order = epoch_permutation(n, seed, epoch)
-    for step in range(first_step, steps_per_epoch(n, batch_size)):
-        idx = order[np.arange(step * batch_size, (step + 1) * batch_size) % n]
-        yield step, {"image": images[idx], "label": labels[idx]}
+def train_indices(num_examples: int, batch_size: int, seed: int, epoch: int,
+                  first_step: int = 0, rows: slice = slice(None), steps_per_chunk: int = 1):
+    """Yields (step_in_epoch of the chunk's first step, indices [k, len(rows)]) to the epoch end.
+
+    `batch_size` is the global batch; only its `rows` (this process's part) are returned. Chunks
+    of `steps_per_chunk` steps let several steps run in one dispatch; the last may be shorter.
+    """
+    order = epoch_permutation(num_examples, seed, epoch)
+    last = steps_per_epoch(num_examples, batch_size)
+    for start in range(first_step, last, steps_per_chunk):
+        steps = np.arange(start, min(start + steps_per_chunk, last))
+        positions = steps[:, None] * batch_size + np.arange(batch_size)[rows][None, :]
+        yield start, order[positions % num_examples]
 
 
-def eval_batches(images, labels, batch_size: int):
-    """Yields padded batches with a float32 `mask` (1 for real images, 0 for padding)."""
+def train_batches(images, labels, batch_size: int, seed: int, epoch: int, first_step: int = 0,
+                  rows: slice = slice(None)):
+    """Yields (step_in_epoch, batch) from `first_step` to the end of the epoch (host gather)."""
+    for step, indices in train_indices(len(labels), batch_size, seed, epoch, first_step, rows):
+        yield step, {"image": images[indices[0]], "label": labels[indices[0]]}
+
+
+def eval_batches(images, labels, batch_size: int, rows: slice = slice(None)):
+    """Yields padded batches with a float32 `mask` (1 for real images, 0 for padding).
+
+    `batch_size` is the global batch; only its `rows` (this process's part) are yielded.
+    """
     n = len(images)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -44,4 +60,4 @@ def eval_batches(images, labels, batch_size: int):
         if pad:
             batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                      for k, v in batch.items()}
-        yield batch
+        yield {k: v[rows] for k, v in batch.items()}

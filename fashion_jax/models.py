@@ -19,7 +19,10 @@ keras_kernel_init = nn.initializers.glorot_uniform()
 
 
 class Conv3x3Valid(nn.Module):
-    """A 3x3 VALID convolution, stride 1; parameters `kernel` [3, 3, Cin, Cout] and `bias`."""
+    """A 3x3 VALID convolution, stride 1; parameters `kernel` [3, 3, Cin, Cout] and `bias`.
+
+    Parameters stay float32; the computation runs in the input's dtype.
+    """
     features: int
 
     @nn.compact
@@ -30,7 +33,7 @@ class Conv3x3Valid(nn.Module):
         height, width = x.shape[1] - 2, x.shape[2] - 2
         patches = jnp.concatenate(
             [x[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
-        return patches @ kernel.reshape(9 * cin, self.features).astype(x.dtype) + bias
+        return patches @ kernel.reshape(9 * cin, self.features).astype(x.dtype) + bias.astype(x.dtype)
 
 
 def max_pool_2x2(x):
@@ -47,21 +50,25 @@ class SeedCNN(nn.Module):
     dropout_rate: float = 0.02
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
+    dtype: str = "float32"  # Computation dtype ("bfloat16": mixed precision); params float32.
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        dtype = jnp.dtype(self.dtype)
+        x = x.astype(dtype)
         for features in self.filters:
             for _ in range(2):
                 x = nn.relu(Conv3x3Valid(features)(x))
                 x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                 epsilon=self.bn_epsilon)(x)
+                                 epsilon=self.bn_epsilon, dtype=dtype)(x)
             x = max_pool_2x2(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.relu(nn.Dense(self.dense_units, kernel_init=keras_kernel_init)(x))
+        x = nn.relu(nn.Dense(self.dense_units, kernel_init=keras_kernel_init, dtype=dtype)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=keras_kernel_init)(x)
+        logits = nn.Dense(self.num_classes, kernel_init=keras_kernel_init, dtype=dtype)(x)
+        return logits.astype(jnp.float32)
 
 
 MODELS = {"seed_cnn": SeedCNN}

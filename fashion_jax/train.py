@@ -4,7 +4,6 @@
 resumes from the latest checkpoint and ends with the same parameters as an uninterrupted run.
 """
 
-import functools
 import json
 import math
 import time
@@ -17,7 +16,6 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from fashion_jax import checkpointing
@@ -25,7 +23,9 @@ from fashion_jax import dataset
 from fashion_jax import input_pipeline
 from fashion_jax import models
 from fashion_jax import optim
+from fashion_jax import parallel
 from fashion_jax import reporting
+from fashion_jax import restore
 
 
 class TrainState(train_state.TrainState):
@@ -64,6 +64,16 @@ def train_step(state: TrainState, batch, rng):
     return state, metrics
 
 
+def train_steps_on_device_data(state: TrainState, images, labels, indices, rng):
+    """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
+    device-resident uint8 `images` and `labels` by a row of `indices` [k, B]."""
+    def one_step(state, batch_indices):
+        return train_step(state, {"image": images[batch_indices],
+                                  "label": labels[batch_indices]}, rng)
+    state, metrics = jax.lax.scan(one_step, state, indices)
+    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
 def predict_logits(apply_fn, variables, images):
     return apply_fn(variables, scale_images(images), train=False)
 
@@ -94,18 +104,19 @@ def summarize(sums: dict) -> dict:
 # Set-up: mesh, state.
 # ----------------------------------------------------------------------------------------------
 
-def create_mesh() -> jax.sharding.Mesh:
-    return jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def create_train_state(config, model, learning_rate_fn, image_shape) -> TrainState:
+def create_train_state(config, model, learning_rate_fn, image_shape,
+                       sharding=None) -> TrainState:
+    """Initialises parameters (from `init_seed`, else `seed`) and optimizer state, replicated."""
     init_seed = config.seed if config.init_seed is None else config.init_seed
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.key(init_seed), jnp.zeros((1,) + image_shape, jnp.float32))
     tx = optim.create_optimizer(config.optimizer, learning_rate_fn)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables["batch_stats"])
+
+    def init():
+        variables = model.init(jax.random.key(init_seed),
+                               jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                 batch_stats=variables["batch_stats"])
+    state = jax.jit(init, out_shardings=sharding)()
+    return restore.init_from_checkpoint(config, state)  # If --config.init_checkpoint is set.
 
 
 def state_tree(state: TrainState) -> dict:
@@ -120,36 +131,99 @@ def count_parameters(state: TrainState) -> dict:
     return {"trainable": trainable, "batch_norm_statistics": stats, "total": trainable + stats}
 
 
-class Evaluator:
-    """Loss and accuracy of a state on a subset, with padded, masked batches."""
+class TrainStepRunner:
+    """Runs the train steps of a chunk of batch indices [k, rows].
 
-    def __init__(self, mesh, batch_size: int):
-        self.batch_size = batch_size
-        self.sharding = NamedSharding(mesh, P("data"))
-        self._step = jax.jit(eval_step)
-        self._sum = jax.jit(sum_metrics)
+    Host data (the CPU default): one step per call, the batch gathered on the host and sent
+    explicitly. Device data (accelerators: the uint8 training images fit in any GPU's memory):
+    the arrays are sent once, and k steps run per dispatch (lax.scan), so Python is not in the
+    loop per step.
+    """
+
+    def __init__(self, data_parallel: parallel.DataParallel, subset: dataset.Subset, config):
+        self.dp, self.subset = data_parallel, subset
+        choice = str(config.data_on_device).lower()
+        if choice not in ("auto", "true", "false"):
+            raise ValueError(f"--config.data_on_device={config.data_on_device!r}: use auto, "
+                             "true or false")
+        self.on_device = (jax.default_backend() != "cpu") if choice == "auto" else choice == "true"
+        self.steps_per_dispatch = (config.steps_per_dispatch or 50) if self.on_device else 1
+        replicated = data_parallel.replicated
+        if self.on_device:
+            self.images = data_parallel.replicate(subset.images)
+            self.labels = data_parallel.replicate(subset.labels)
+            self._run = jax.jit(
+                train_steps_on_device_data, donate_argnums=(0,),
+                in_shardings=(replicated, replicated, replicated, data_parallel.chunk_sharded,
+                              replicated),
+                out_shardings=(replicated, replicated))
+        else:
+            self._run = jax.jit(
+                train_step, donate_argnums=(0,),
+                in_shardings=(replicated, data_parallel.batch_sharded, replicated),
+                out_shardings=(replicated, replicated))
+
+    def __call__(self, state: TrainState, indices, rng):
+        if self.on_device:
+            device_indices = self.dp.shard_chunk(indices.astype(np.int32))  # Explicit transfer.
+            with jax.transfer_guard("disallow"):
+                return self._run(state, self.images, self.labels, device_indices, rng)
+        if len(indices) != 1:
+            raise ValueError("host data runs one step per dispatch")
+        device_batch = self.dp.shard_batch({"image": self.subset.images[indices[0]],
+                                            "label": self.subset.labels[indices[0]]})
+        with jax.transfer_guard("disallow"):
+            return self._run(state, device_batch, rng)
+
+
+class Evaluator:
+    """Loss and accuracy of a state on a subset: padded, masked batches, each image counted once."""
+
+    def __init__(self, data_parallel: parallel.DataParallel, batch_size: int):
+        data_parallel.check_batch_size(batch_size, "--config.eval_batch_size")
+        self.dp, self.batch_size = data_parallel, batch_size
+        self.rows = data_parallel.process_rows(batch_size)
+        self._step = jax.jit(eval_step, out_shardings=data_parallel.replicated)
+        self._sum = jax.jit(sum_metrics, out_shardings=data_parallel.replicated)
 
     def __call__(self, state: TrainState, subset: dataset.Subset) -> dict:
         total = None
-        for batch in input_pipeline.eval_batches(subset.images, subset.labels, self.batch_size):
-            metrics = self._step(state, jax.device_put(batch, self.sharding))
+        for batch in input_pipeline.eval_batches(subset.images, subset.labels, self.batch_size,
+                                                 self.rows):
+            metrics = self._step(state, self.dp.shard_batch(batch))
             total = metrics if total is None else self._sum(total, metrics)
-        return summarize(jax.device_get(total))
+        return summarize(self.dp.to_host(total))
 
 
 # ----------------------------------------------------------------------------------------------
 # The run.
 # ----------------------------------------------------------------------------------------------
 
+def new_progress() -> dict:
+    """Everything besides the state that a resumed run needs (stored as JSON with checkpoints)."""
+    return {"history": [], "best_monitored": math.inf, "best_epoch": -1, "best_step": -1,
+            "epochs_without_improvement": 0, "early_stopped": False, "partial_sums": None}
+
+
+def record_epoch(progress: dict, record: dict, monitor: str, patience: int):
+    """Appends the epoch's record and updates the early-stopping counters in place."""
+    progress["history"].append(record)
+    if record[monitor] < progress["best_monitored"]:
+        progress.update(best_monitored=record[monitor], best_epoch=record["epoch"],
+                        best_step=record["step"], epochs_without_improvement=0)
+    else:
+        progress["epochs_without_improvement"] += 1
+    progress["early_stopped"] = progress["epochs_without_improvement"] >= patience
+    progress["partial_sums"] = None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) in `workdir`; returns the summary written to summary.json."""
-    is_main = jax.process_index() == 0
-    mesh = create_mesh()
-    if config.batch_size % jax.device_count():
-        raise ValueError(f"--config.batch_size={config.batch_size} must divide by the "
-                         f"{jax.device_count()} devices.")
+    dp = parallel.DataParallel.over_all_devices()
+    dp.check_batch_size(config.batch_size, "--config.batch_size")
+    is_main = parallel.is_main_process()
 
-    # --- Data ---
+    # --- Data (every process loads the arrays; each reads only its rows of each batch) ---
     data = dataset.load_data(config.data, workdir if is_main else None,
                              show_progress=config.progress_bar and is_main)
     train, val = data.subsets["train"], data.subsets["val"]
@@ -160,25 +234,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- Model, optimizer, state ---
     model = models.create_model(config.model, len(data.class_names))
     learning_rate_fn = optim.create_learning_rate_fn(config.optimizer)
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(create_train_state(config, model, learning_rate_fn, image_shape),
-                           replicated)
+    state = create_train_state(config, model, learning_rate_fn, image_shape, dp.replicated)
     parameter_counts = count_parameters(state)
-    logging.info("Parameters: %s", parameter_counts)
-    p_train_step = jax.jit(train_step, donate_argnums=(0,))
-    p_sum = jax.jit(sum_metrics)
-    evaluate = Evaluator(mesh, config.eval_batch_size)
-    data_sharding = NamedSharding(mesh, P("data"))
-    rng = jax.device_put(jax.random.key(config.seed), replicated)
+    run_steps = TrainStepRunner(dp, train, config)
+    logging.info("Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",
+                 parameter_counts, dp.mesh, run_steps.on_device, run_steps.steps_per_dispatch)
+    p_sum = jax.jit(sum_metrics, out_shardings=dp.replicated)
+    evaluate = Evaluator(dp, config.eval_batch_size)
+    rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=dp.replicated)()
 
     # --- Checkpoints: resume from the latest if there is one ---
     meta = {"class_names": data.class_names, "model": config.model.to_dict(),
             "image_shape": list(image_shape), "label_column": config.data.label_column,
             "parameter_counts": parameter_counts, "config": config.to_json()}
     manager = checkpointing.create_manager(workdir, config.checkpoint.keep_epochs, meta)
-    progress = {"history": [], "best_monitored": math.inf, "best_epoch": -1, "best_step": -1,
-                "epochs_without_improvement": 0, "early_stopped": False, "partial_sums": None}
-    step = 0
+    progress, step = new_progress(), 0
     if manager.latest_step() is not None:
         step = manager.latest_step()
         _warn_about_config_changes(checkpointing.run_metadata(manager).get("config"), config)
@@ -188,66 +258,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("Resumed from checkpoint at step %d (epoch %d).", step,
                      len(progress["history"]))
     steps_per_epoch = input_pipeline.steps_per_epoch(len(train), config.batch_size)
+    batch_rows = dp.process_rows(config.batch_size)
 
     # --- Training loop ---
-    monitor = config.early_stopping.monitor
     epoch = step // steps_per_epoch
     while not progress["early_stopped"] and epoch < config.num_epochs:
         first_step = step % steps_per_epoch
-        sums = (jax.device_put({k: np.float32(v) for k, v in progress["partial_sums"].items()},
-                               replicated) if first_step and progress["partial_sums"] else None)
+        partial = progress["partial_sums"] if first_step else None
+        sums = dp.replicate({k: np.float32(v) for k, v in partial.items()}) if partial else None
         bar = tqdm(total=steps_per_epoch * config.batch_size, initial=first_step * config.batch_size,
                    desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="img", unit_scale=True,
                    disable=not (config.progress_bar and is_main), mininterval=1, leave=False)
         epoch_start, images_seen = time.time(), 0
-        for step_in_epoch, batch in input_pipeline.train_batches(
-                train.images, train.labels, config.batch_size, config.seed, epoch, first_step):
-            with jax.transfer_guard("disallow"):
-                state, metrics = p_train_step(state, jax.device_put(batch, data_sharding), rng)
-                sums = metrics if sums is None else p_sum(sums, metrics)
-            step += 1
-            images_seen += config.batch_size
-            bar.update(config.batch_size)
-            last_of_epoch = step_in_epoch == steps_per_epoch - 1
-            if step % config.log_every_steps == 0 or last_of_epoch:
-                host_sums = jax.device_get(sums)
+        for chunk_start, indices in input_pipeline.train_indices(
+                len(train), config.batch_size, config.seed, epoch, first_step, batch_rows,
+                run_steps.steps_per_dispatch):
+            state, metrics = run_steps(state, indices, rng)
+            sums = metrics if sums is None else p_sum(sums, metrics)
+            previous_step, step = step, step + len(indices)
+            images_seen += len(indices) * config.batch_size
+            bar.update(len(indices) * config.batch_size)
+            last_of_epoch = chunk_start + len(indices) == steps_per_epoch
+            if _crossed(previous_step, step, config.log_every_steps) or last_of_epoch:
+                host_sums = dp.to_host(sums)
                 _check_finite(host_sums, step, epoch)
                 bar.set_postfix(loss=f"{host_sums['loss_sum'] / host_sums['count']:.4f}")
-            if step % config.checkpoint.every_steps == 0 and not last_of_epoch:
-                progress["partial_sums"] = {k: float(v) for k, v in jax.device_get(sums).items()}
+            if _crossed(previous_step, step, config.checkpoint.every_steps) and not last_of_epoch:
+                progress["partial_sums"] = {k: float(v) for k, v in dp.to_host(sums).items()}
                 checkpointing.save(manager, step, state_tree(state), progress)
         bar.close()
         train_seconds = time.time() - epoch_start
 
         # --- Epoch end: validate, early stopping, checkpoint, metrics ---
-        train_metrics = summarize(jax.device_get(sums))
-        val_metrics = evaluate(state, val)
-        record = {"epoch": epoch + 1, "step": step,
+        train_metrics, val_metrics = summarize(dp.to_host(sums)), evaluate(state, val)
+        epoch += 1
+        record = {"epoch": epoch, "step": step,
                   "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
                   "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
                   "learning_rate": float(learning_rate_fn(step)),
                   "train_seconds": train_seconds,
                   "images_per_second": images_seen / max(train_seconds, 1e-9),
                   "resumed_mid_epoch": bool(first_step)}
-        progress["history"].append(record)
-        monitored = record[monitor]
-        if monitored < progress["best_monitored"]:
-            progress.update(best_monitored=monitored, best_epoch=epoch + 1, best_step=step,
-                            epochs_without_improvement=0)
-        else:
-            progress["epochs_without_improvement"] += 1
-        epoch += 1
-        stop = progress["epochs_without_improvement"] >= config.early_stopping.patience
-        progress["early_stopped"] = stop
-        progress["partial_sums"] = None
+        record_epoch(progress, record, config.early_stopping.monitor,
+                     config.early_stopping.patience)
         checkpointing.save(manager, step, state_tree(state), progress,
-                           metrics={"monitored": monitored, "epoch": epoch})
+                           metrics={"monitored": record[config.early_stopping.monitor],
+                                    "epoch": epoch})
         if is_main:
             reporting.write_metrics(workdir, progress["history"])
         logging.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s%s",
                      epoch, record["train_loss"], record["train_accuracy"], record["val_loss"],
                      record["val_accuracy"], record["images_per_second"],
-                     " | early stop" if stop else "")
+                     " | early stop" if progress["early_stopped"] else "")
     manager.wait_until_finished()
 
     # --- Final: restore the best, summarise ---
@@ -259,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final_val = evaluate(state, val)
     history = progress["history"]
     summary = {"final_step": final_step, "best_epoch": progress["best_epoch"],
-               "epochs_run": len(history), "monitor": monitor,
+               "epochs_run": len(history), "monitor": config.early_stopping.monitor,
                "val_loss": final_val["loss"], "val_accuracy": final_val["accuracy"],
                "val_images": final_val["count"], "train_images": len(train),
                "train_seconds": sum(r["train_seconds"] for r in history),
@@ -267,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    [r["images_per_second"] for r in history])) if history else None,
                "parameter_counts": parameter_counts, "class_names": data.class_names,
                "skipped_rows": len(data.skipped), "backend": jax.default_backend(),
-               "devices": jax.device_count()}
+               "devices": jax.device_count(), "processes": jax.process_count()}
     if is_main:
         reporting.write_json(workdir, reporting.SUMMARY_FILE, summary)
         if history:
@@ -295,6 +357,11 @@ def _warn_about_config_changes(saved_json, config):
     if changed:
         logging.warning("Resuming with a config that differs from the one this run started with "
                         "(field: saved -> now): %s", changed)
+
+
+def _crossed(previous_step: int, step: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (previous_step, step]."""
+    return step // every > previous_step // every
 
 
 def _check_finite(host_sums, step, epoch):

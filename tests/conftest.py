@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,3 +67,22 @@ def tiny_config(data_dir, **overrides):
 requires_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "styles.csv").exists(),
     reason=f"the real dataset is not at {SHARED_DATA} (../shared/data beside the repository)")
+
+
+def launch_run_train(workdir, data_dir, cache_dir, *extra, env=None):
+    """Starts run_train.py with configs/tiny.py on `data_dir`; returns the Popen."""
+    command = [sys.executable, str(REPO_ROOT / "run_train.py"), "--config=configs/tiny.py",
+               f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+               "--config.data.max_rows=0", "--config.progress_bar=false", *extra]
+    env = dict(os.environ, FASHION_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu", **(env or {}))
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def final_params(workdir):
+    """(latest step, state tree as numpy) of a workdir's checkpoints, read-only."""
+    import jax
+    from fashion_jax import checkpointing
+    manager = checkpointing.create_manager(str(workdir), read_only=True)
+    step = manager.latest_step()
+    return step, jax.device_get(checkpointing.restore_state_on_this_host(manager, step))

@@ -3,19 +3,16 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from fashion_jax import checkpointing
 from fashion_jax import reporting
 from fashion_jax import train
-from tests.conftest import REPO_ROOT, write_synthetic_dataset
+from tests.conftest import final_params, launch_run_train, write_synthetic_dataset
 from tests.test_train_step import make_state, synthetic_batch
 
 
@@ -57,17 +54,6 @@ def test_manager_keeps_latest_best_and_last_epochs(tmp_path):
     assert manager.best_step() == 20
 
 
-def run_train(workdir, data_dir, cache_dir, *extra):
-    command = [sys.executable, str(REPO_ROOT / "run_train.py"), "--config=configs/tiny.py",
-               f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-               "--config.data.max_rows=0", "--config.num_epochs=5",
-               "--config.early_stopping.patience=100", "--config.checkpoint.every_steps=2",
-               "--config.progress_bar=false", *extra]
-    env = dict(os.environ, FASHION_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu")
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
 def finished_steps(workdir):
     folder = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(folder):
@@ -75,11 +61,8 @@ def finished_steps(workdir):
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
 
 
-def final_params(workdir):
-    manager = checkpointing.create_manager(str(workdir), read_only=True)
-    step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, jax.device_get(restored["state"])
+RESUME_FLAGS = ("--config.num_epochs=5", "--config.early_stopping.patience=100",
+                "--config.checkpoint.every_steps=2")
 
 
 @pytest.mark.parametrize("kill_after_steps", [(3, 17)])
@@ -87,14 +70,14 @@ def test_sigkill_and_resume_gives_the_same_parameters(tmp_path, kill_after_steps
     data_dir = write_synthetic_dataset(tmp_path / "data", rows_per_class=40)
     cache_dir = tmp_path / "cache"
     reference = tmp_path / "reference"
-    process = run_train(reference, data_dir, cache_dir)
+    process = launch_run_train(reference, data_dir, cache_dir, *RESUME_FLAGS)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
 
     interrupted = tmp_path / "interrupted"
     kills = 0
     for threshold in kill_after_steps:
-        process = run_train(interrupted, data_dir, cache_dir)
+        process = launch_run_train(interrupted, data_dir, cache_dir, *RESUME_FLAGS)
         deadline = time.time() + 300
         while process.poll() is None and time.time() < deadline:
             steps = finished_steps(interrupted)
@@ -105,7 +88,7 @@ def test_sigkill_and_resume_gives_the_same_parameters(tmp_path, kill_after_steps
             time.sleep(0.02)
         process.wait(timeout=60)
     assert kills >= 1, "the run finished before it could be killed; make it longer"
-    process = run_train(interrupted, data_dir, cache_dir)
+    process = launch_run_train(interrupted, data_dir, cache_dir, *RESUME_FLAGS)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert "Resumed from checkpoint" in output

@@ -63,3 +63,21 @@ def test_early_stopping_restores_the_best_epoch(synthetic_data, cache_dir, tmp_p
     assert summary["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     # Stopped exactly `patience` epochs after the best one (or ran out of epochs).
     assert len(history) == min(best["epoch"] + 1, 12)
+
+
+def test_device_data_with_several_steps_per_dispatch_matches_host_data(synthetic_data,
+                                                                       cache_dir, tmp_path):
+    common = {"num_epochs": 2, "checkpoint.every_steps": 3, "early_stopping.restore_best": False}
+    host = train.train_and_evaluate(tiny_config(synthetic_data, **common), str(tmp_path / "host"))
+    device = train.train_and_evaluate(
+        tiny_config(synthetic_data, data_on_device="true", steps_per_dispatch=2, **common),
+        str(tmp_path / "device"))
+    assert device["final_step"] == host["final_step"]
+    assert device["val_loss"] == pytest.approx(host["val_loss"], rel=1e-4)
+    history_host = reporting.read_metrics(tmp_path / "host")
+    history_device = reporting.read_metrics(tmp_path / "device")
+    for a, b in zip(history_host, history_device):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    # Checkpoints were still written at the configured steps inside the chunks.
+    assert sorted(os.listdir(tmp_path / "device" / "checkpoints")) == sorted(
+        os.listdir(tmp_path / "host" / "checkpoints"))

@@ -88,3 +88,61 @@ def test_train_batches_cover_the_epoch_with_fixed_shapes():
 def test_nan_loss_stops_with_a_clear_message():
     with pytest.raises(train.NonFiniteLossError, match="learning_rate"):
         train._check_finite({"loss_sum": np.float32(np.nan), "count": 1.0}, step=7, epoch=0)
+
+
+def test_bfloat16_compute_tracks_float32_and_keeps_float32_parameters():
+    batch = synthetic_batch(n=32, seed=1)
+    step = jax.jit(train.train_step)
+
+    def run(dtype):
+        # A small step: at large ones a few steps of this tiny net are chaotic in any dtype.
+        config = tiny_config("unused", **{"model.dtype": dtype,
+                                          "optimizer.learning_rate": 1e-4})
+        model = models.create_model(config.model, 4)
+        state = train.create_train_state(config, model,
+                                         optim.create_learning_rate_fn(config.optimizer),
+                                         (80, 60, 3))
+        losses = []
+        for _ in range(6):
+            state, metrics = step(state, batch, jax.random.key(0))
+            losses.append(float(metrics["loss_sum"] / metrics["count"]))
+        return state, np.array(losses)
+
+    state32, losses32 = run("float32")
+    state16, losses16 = run("bfloat16")
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state16.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state16.opt_state)
+               if hasattr(x, "dtype") and x.ndim)
+    np.testing.assert_allclose(losses16, losses32, rtol=0.05, atol=0.02)
+    kernel16 = np.asarray(state16.params["Dense_1"]["kernel"])
+    kernel32 = np.asarray(state32.params["Dense_1"]["kernel"])
+    assert np.abs(kernel16 - kernel32).max() < 0.1 * np.abs(kernel32).max()
+    assert not np.array_equal(kernel16, kernel32)  # bf16 really was used.
+
+
+def test_steps_in_one_dispatch_equal_steps_one_by_one():
+    images = synthetic_batch(n=40, seed=2)
+    indices = np.random.default_rng(0).integers(0, 40, (3, 16))
+    rng = jax.random.key(5)
+    one_by_one = make_state()
+    step = jax.jit(train.train_step)
+    expected_loss = 0.0
+    for row in indices:
+        one_by_one, metrics = step(one_by_one, {"image": images["image"][row],
+                                                "label": images["label"][row]}, rng)
+        expected_loss += float(metrics["loss_sum"])
+    chunked, sums = jax.jit(train.train_steps_on_device_data)(
+        make_state(), images["image"], images["label"], indices, rng)
+    assert int(chunked.step) == 3 and float(sums["count"]) == 48
+    np.testing.assert_allclose(float(sums["loss_sum"]), expected_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 jax.device_get(chunked.params), jax.device_get(one_by_one.params))
+
+
+def test_train_indices_chunks_match_single_steps():
+    singles = np.concatenate([i for _, i in input_pipeline.train_indices(37, 8, 0, 2)])
+    chunks = list(input_pipeline.train_indices(37, 8, 0, 2, steps_per_chunk=2))
+    assert [s for s, _ in chunks] == [0, 2, 4] and [len(i) for _, i in chunks] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([i for _, i in chunks]), singles)
+    rows = list(input_pipeline.train_indices(37, 8, 0, 2, rows=slice(4, 8)))
+    np.testing.assert_array_equal(np.concatenate([i for _, i in rows]), singles[:, 4:8])

@@ -1,0 +1,101 @@
+"""What every evaluator works from: options, runs, their chosen checkpoints, data, predictions.
+
+Predictions of a named checkpoint on a subset are computed once and shared, so the ensemble and
+soup evaluators reuse what the single-model evaluator computed (and vice versa), whichever runs
+first.
+"""
+
+import dataclasses
+from typing import Optional
+
+from absl import logging
+import numpy as np
+
+from fashion_jax import restore
+from fashion_jax.evaluation import data as data_lib
+from fashion_jax.evaluation import predictor
+
+
+class EvalError(ValueError):
+    """Bad flags or incompatible workdirs; the message says what to do."""
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    checkpoint: str = "best"                       # best, latest or a step, for every workdir.
+    subsets: tuple = ("val", "test", "control")
+    evaluators: tuple = ("auto",)                  # auto: single, + ensemble (2+ runs), + soup.
+    ensemble_weights: tuple = ()                   # One per workdir; default uniform.
+    soup_ingredients: str = "auto"                 # auto, workdirs or last_epochs.
+    soup_last_epochs: int = 0                      # last_epochs: how many (0: all kept).
+    soups: tuple = ("uniform", "greedy")
+    bn_batches: int = 100                          # BatchNorm recalibration of soups; 0: none.
+    bn_batch_size: int = 0                         # 0: the training batch size.
+    batch_size: int = 256                          # Inference batch.
+    ece_bins: int = 15
+    gallery_size: int = 24                         # Misclassified images shown per PNG.
+    data_dir: str = ""                             # Else the training config's, else env.
+    progress_bar: bool = False
+
+    def __post_init__(self):
+        if self.soup_ingredients not in ("auto", "workdirs", "last_epochs"):
+            raise EvalError(f"--soup_ingredients={self.soup_ingredients}: use auto, workdirs or "
+                            "last_epochs.")
+        unknown = sorted(set(self.soups) - {"uniform", "greedy"})
+        if unknown or not self.soups:
+            raise EvalError(f"--soups={','.join(self.soups)}: use uniform and/or greedy.")
+        if any(w < 0 for w in self.ensemble_weights) or (
+                self.ensemble_weights and not sum(self.ensemble_weights) > 0):
+            raise EvalError(f"--ensemble_weights={','.join(map(str, self.ensemble_weights))}: "
+                            "weights must be non-negative and not all zero.")
+        for flag in ("soup_last_epochs", "bn_batches", "bn_batch_size", "gallery_size"):
+            if getattr(self, flag) < 0:
+                raise EvalError(f"--{flag}={getattr(self, flag)} must not be negative.")
+        for flag in ("batch_size", "ece_bins"):
+            if getattr(self, flag) < 1:
+                raise EvalError(f"--{flag}={getattr(self, flag)} must be at least 1.")
+
+
+class Context:
+    """The runs (one checkpoint each), their shared split, and memoized predictions."""
+
+    def __init__(self, runs: list, checkpoints: list, data: data_lib.EvalData,
+                 options: EvalOptions):
+        self.runs, self.checkpoints, self.data, self.options = runs, checkpoints, data, options
+        if options.ensemble_weights and len(options.ensemble_weights) != len(checkpoints):
+            raise EvalError(f"--ensemble_weights has {len(options.ensemble_weights)} values for "
+                            f"{len(checkpoints)} workdirs; give one weight per workdir.")
+        self.warnings = []
+        self._memo = {}
+
+    @property
+    def class_names(self) -> list:
+        return self.data.class_names
+
+    def warn(self, message: str):
+        """A caveat for the reader: logged now and listed in the report."""
+        logging.warning("%s", message)
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def log_probs(self, model, variables, subset: str, key: Optional[str] = None) -> np.ndarray:
+        """Log-probabilities on `subset`; memoized under `key` (e.g. a checkpoint's name)."""
+        if key is not None and (key, subset) in self._memo:
+            return self._memo[key, subset]
+        images = self.data.subset(subset).images
+        logging.info("Predicting %s on %s (%d images).", key or "a soup candidate", subset,
+                     len(images))
+        result = predictor.predict_array(model, variables, images, self.options.batch_size)
+        if key is not None:
+            self._memo[key, subset] = result
+        return result
+
+    def checkpoint_log_probs(self, checkpoint: restore.Checkpoint, subset: str) -> np.ndarray:
+        return self.log_probs(checkpoint.run.model, checkpoint.variables, subset,
+                              key=checkpoint.name)
+
+    def labels(self, subset: str) -> np.ndarray:
+        return self.data.subset(subset).labels
+
+    def accuracy(self, log_probs: np.ndarray, subset: str) -> float:
+        return float((log_probs.argmax(-1) == self.labels(subset)).mean())

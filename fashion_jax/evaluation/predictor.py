@@ -1,0 +1,63 @@
+"""The one jitted predict function, batched over image arrays, and mixtures of predictions.
+
+Predictions are log-probabilities [N, num_classes] (float32): the loss stays finite for confident
+mistakes, and an ensemble is the exact log of its weighted mean of probabilities.
+"""
+
+import functools
+
+import jax
+import numpy as np
+
+from fashion_jax import input_pipeline
+from fashion_jax import train
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def log_probabilities(model, variables, images):
+    """Eval-mode log-softmax for a uint8 batch; compiled once per model config and batch shape."""
+    return jax.nn.log_softmax(train.predict_logits(model.apply, variables, images))
+
+
+def predict_array(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Log-probabilities for every image, in padded batches of one shape (no recompilation)."""
+    outputs, masks = [], []
+    for batch in input_pipeline.eval_batches(images, None, batch_size):
+        outputs.append(log_probabilities(model, variables, batch["image"]))
+        masks.append(batch["mask"] > 0)
+    if not outputs:
+        return np.zeros((0, model.num_classes), np.float32)
+    return np.concatenate([np.asarray(o)[m] for o, m in zip(jax.device_get(outputs), masks)])
+
+
+def normalized_weights(weights, count: int, flag: str = "--ensemble_weights") -> np.ndarray:
+    """Weights (default uniform) as non-negative floats summing to one."""
+    if weights is None or len(weights) == 0:
+        return np.full(count, 1.0 / count)
+    weights = np.asarray(weights, np.float64)
+    if len(weights) != count or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"{flag}={','.join(map(str, weights))} must give {count} non-negative "
+                         "weights, one per model, not all zero.")
+    return weights / weights.sum()
+
+
+def mix(log_probs: list, weights) -> np.ndarray:
+    """log(sum_i w_i p_i): the weighted average of the members' probabilities, as log-probs."""
+    weights = normalized_weights(weights, len(log_probs))
+    stacked = np.stack([np.asarray(lp, np.float64) for lp in log_probs])
+    with np.errstate(divide="ignore"):  # A zero weight is log 0 = -inf: that member drops out.
+        weighted = stacked + np.log(weights)[:, None, None]
+    top = weighted.max(axis=0)  # Finite: some weight is positive and log-softmax is finite.
+    return (top + np.log(np.exp(weighted - top).sum(axis=0))).astype(np.float32)
+
+
+class Mixture:
+    """A predict function for batches of new images: one model, an ensemble or a soup."""
+
+    def __init__(self, members: list, weights=None):
+        self.members = members   # (flax module, variables) pairs; their classes must agree.
+        self.weights = normalized_weights(weights, len(members))
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        outputs = [log_probabilities(model, variables, images) for model, variables in self.members]
+        return mix([np.asarray(o) for o in jax.device_get(outputs)], self.weights)
