@@ -64,6 +64,10 @@ def get_config():
   config.early_stopping.patience = 3
   config.early_stopping.restore_best = True
 
+  # >0: at every epoch end, recompute BatchNorm running statistics on this many training batches
+  # ("precise BN") before validating and saving; 0: keep the running averages (as the seed did).
+  config.bn_recalibration_batches = 0
+
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 500  # Plus one at every epoch end.
   config.checkpoint.keep_epochs = 5  # Last K epoch-end checkpoints kept (soup ingredients).

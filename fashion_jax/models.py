@@ -18,6 +18,11 @@ import jax.numpy as jnp
 keras_kernel_init = nn.initializers.glorot_uniform()
 
 
+def scale_images(images):
+    """uint8 [0, 255] -> float32 [0, 1]; runs inside jitted functions, not on the host."""
+    return images.astype(jnp.float32) / 255.0
+
+
 class Conv3x3Valid(nn.Module):
     """A 3x3 VALID convolution, stride 1; parameters `kernel` [3, 3, Cin, Cout] and `bias`.
 

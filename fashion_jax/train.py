@@ -18,6 +18,7 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
+from fashion_jax import batch_norm
 from fashion_jax import checkpointing
 from fashion_jax import dataset
 from fashion_jax import input_pipeline
@@ -40,9 +41,7 @@ class NonFiniteLossError(FloatingPointError):
 # Steps (pure functions, jitted by the caller).
 # ----------------------------------------------------------------------------------------------
 
-def scale_images(images):
-    """uint8 [0, 255] -> float32 [0, 1]; runs inside the jitted step, not on the host."""
-    return images.astype(jnp.float32) / 255.0
+scale_images = models.scale_images
 
 
 def train_step(state: TrainState, batch, rng):
@@ -289,7 +288,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bar.close()
         train_seconds = time.time() - epoch_start
 
-        # --- Epoch end: validate, early stopping, checkpoint, metrics ---
+        # --- Epoch end: (precise BN), validate, early stopping, checkpoint, metrics ---
+        if config.bn_recalibration_batches:
+            state = batch_norm.recalibrate_train_state(
+                state, model, train.images, config.bn_recalibration_batches, config.batch_size,
+                config.seed, epoch, dp)
         train_metrics, val_metrics = summarize(dp.to_host(sums)), evaluate(state, val)
         epoch += 1
         record = {"epoch": epoch, "step": step,

@@ -81,3 +81,20 @@ def test_device_data_with_several_steps_per_dispatch_matches_host_data(synthetic
     # Checkpoints were still written at the configured steps inside the chunks.
     assert sorted(os.listdir(tmp_path / "device" / "checkpoints")) == sorted(
         os.listdir(tmp_path / "host" / "checkpoints"))
+
+
+def test_precise_batch_norm_stores_recalibrated_statistics(synthetic_data, cache_dir, tmp_path):
+    import jax
+    import numpy as np
+    from fashion_jax import batch_norm, dataset, models
+    from tests.conftest import final_params
+    config = tiny_config(synthetic_data, num_epochs=1, bn_recalibration_batches=3)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    _, state = final_params(tmp_path / "run")
+    images = dataset.load_data(config.data, None, show_progress=False).subsets["train"].images
+    rows = np.sort(np.random.default_rng([config.seed, 0, 1]).permutation(len(images))[:48])
+    model = models.create_model(config.model, 4)
+    expected = batch_norm.recalibrate_batch_norm(
+        model, {"params": state["params"], "batch_stats": state["batch_stats"]}, images[rows], 16)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 jax.device_get(expected["batch_stats"]), state["batch_stats"])

@@ -15,14 +15,13 @@ with the same --config.init_seed or --config.init_checkpoint); a warning says wh
 """
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax
 import numpy as np
 
 from fashion_jax import restore
-from fashion_jax import train
+from fashion_jax.batch_norm import recalibrate_batch_norm  # noqa: F401  (re-exported)
 
 SOUP_KINDS = ("uniform", "greedy")
 
@@ -48,41 +47,6 @@ def average_variables(trees: list) -> dict:
     mean = jax.tree.map(lambda *xs: np.mean(np.stack(xs).astype(np.float64), axis=0).astype(
         np.asarray(xs[0]).dtype), *host)
     return jax.device_put(mean)
-
-
-def statistics_model(model):
-    """`model` with BatchNorm momentum 0 (running statistics := the batch's) and no dropout."""
-    if not hasattr(model, "bn_momentum"):
-        raise SoupError(f"{type(model).__name__} has no `bn_momentum` field, which BatchNorm "
-                        "recalibration sets to 0; add one, or pass --bn_batches=0.")
-    fields = {name: 0.0 for name in ("bn_momentum", "dropout_rate") if hasattr(model, name)}
-    return model.clone(**fields)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def batch_statistics(stats_model, variables, images):
-    """Every BatchNorm layer's mean and variance over one batch of uint8 images."""
-    _, updates = stats_model.apply(variables, train.scale_images(images), train=True,
-                                   mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-    return updates["batch_stats"]
-
-
-def recalibrate_batch_norm(model, variables: dict, images: np.ndarray, batch_size: int) -> dict:
-    """`variables` with batch_stats recomputed over full batches of `images`; params unchanged."""
-    if not len(images):
-        raise SoupError("BatchNorm recalibration needs training images; the split has none.")
-    batch_size = min(batch_size, len(images))
-    num_batches = len(images) // batch_size
-    stats_model = statistics_model(model)
-    total = None
-    for n in range(num_batches):
-        stats = jax.device_get(batch_statistics(
-            stats_model, variables, images[n * batch_size:(n + 1) * batch_size]))
-        stats = jax.tree.map(lambda x: np.asarray(x, np.float64), stats)
-        total = stats if total is None else jax.tree.map(np.add, total, stats)
-    batch_stats = jax.tree.map(lambda t, old: (t / num_batches).astype(np.asarray(old).dtype),
-                               total, jax.device_get(variables["batch_stats"]))
-    return {"params": variables["params"], "batch_stats": jax.device_put(batch_stats)}
 
 
 def greedy_soup(names: list, trees: list, val_accuracies: list,
