@@ -36,6 +36,7 @@ def get_config():
   config.model.dropout_rate = 0.02
   config.model.bn_momentum = 0.99
   config.model.bn_epsilon = 1e-3
+  config.model.conv_impl = "auto"  # im2col on CPU, XLA's convolution (cuDNN) on accelerators.
   config.model.dtype = "float32"  # "bfloat16": compute in bf16, parameters/optimizer in float32.
 
   config.optimizer = ml_collections.ConfigDict()

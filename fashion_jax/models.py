@@ -13,6 +13,7 @@ and `nn.max_pool` (select-and-scatter backward) were markedly slower (see bench/
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 keras_kernel_init = nn.initializers.glorot_uniform()
@@ -26,19 +27,31 @@ def scale_images(images):
 class Conv3x3Valid(nn.Module):
     """A 3x3 VALID convolution, stride 1; parameters `kernel` [3, 3, Cin, Cout] and `bias`.
 
-    Parameters stay float32; the computation runs in the input's dtype.
+    `impl`: "im2col" (nine shifted slices concatenated, one matmul: faster on CPU), "xla"
+    (lax.conv_general_dilated: cuDNN on GPU) or "auto" (im2col on CPU, xla elsewhere). The
+    parameters are the same, so checkpoints move freely between them. Parameters stay float32;
+    the computation runs in the input's dtype.
     """
     features: int
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         cin = x.shape[-1]
         kernel = self.param("kernel", keras_kernel_init, (3, 3, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
+        impl = self.impl if self.impl != "auto" else (
+            "im2col" if jax.default_backend() == "cpu" else "xla")
+        if impl == "xla":
+            return jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+        if impl != "im2col":
+            raise ValueError(f"--config.model.conv_impl={impl!r}: use auto, im2col or xla")
         height, width = x.shape[1] - 2, x.shape[2] - 2
         patches = jnp.concatenate(
             [x[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
-        return patches @ kernel.reshape(9 * cin, self.features).astype(x.dtype) + bias.astype(x.dtype)
+        return patches @ kernel.reshape(9 * cin, self.features) + bias
 
 
 def max_pool_2x2(x):
@@ -56,6 +69,7 @@ class SeedCNN(nn.Module):
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
     dtype: str = "float32"  # Computation dtype ("bfloat16": mixed precision); params float32.
+    conv_impl: str = "auto"  # See Conv3x3Valid.
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -63,7 +77,7 @@ class SeedCNN(nn.Module):
         x = x.astype(dtype)
         for features in self.filters:
             for _ in range(2):
-                x = nn.relu(Conv3x3Valid(features)(x))
+                x = nn.relu(Conv3x3Valid(features, self.conv_impl)(x))
                 x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=dtype)(x)
             x = max_pool_2x2(x)

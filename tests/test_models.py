@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import default
 from fashion_jax import models
@@ -20,14 +21,17 @@ def test_seed_cnn_parameter_count_matches_keras():
     assert variables["params"]["Dense_0"]["kernel"].shape == (3072, 1024)
 
 
-def test_im2col_conv_equals_flax_conv():
+@pytest.mark.parametrize("impl", ["im2col", "xla", "auto"])
+def test_conv_implementations_equal_flax_conv(impl):
     x = jax.random.normal(jax.random.key(1), (2, 11, 9, 5))
-    ours = models.Conv3x3Valid(7)
+    ours = models.Conv3x3Valid(7, impl)
     params = ours.init(jax.random.key(2), x)
     reference = nn.Conv(7, (3, 3), padding="VALID")
     expected = reference.apply(params, x)  # Same parameter names and shapes.
     np.testing.assert_allclose(ours.apply(params, x), expected, rtol=1e-5, atol=1e-5)
     assert expected.shape == (2, 9, 7, 7)
+    with pytest.raises(ValueError, match="conv_impl='cudnn'"):
+        models.Conv3x3Valid(7, "cudnn").init(jax.random.key(2), x)
 
 
 def test_max_pool_equals_flax_max_pool_with_odd_sizes():
