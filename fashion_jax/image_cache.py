@@ -96,7 +96,7 @@ def decode_images(image_dir: str, ids: Sequence[int], height: int, width: int,
     if os.path.exists(array_path) and os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        images = np.load(array_path)
+        images = np.load(array_path, mmap_mode="r")  # Read-only; pages load on first use.
         if images.shape[0] == len(meta["ids"]):
             logging.info("Loaded %d decoded images from cache %s", images.shape[0], array_path)
             return DecodedImages(np.asarray(meta["ids"], np.int64), images,
