@@ -138,9 +138,7 @@ def load_checkpoint(run: Run, step: int) -> Checkpoint:
 
 def load_variables(run: Run, step: int) -> dict:
     """{"params", "batch_stats"} of checkpoint `step` as numpy arrays, checked against the model."""
-    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    restored = run.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(fallback_sharding=fallback)))["state"]
+    restored = checkpointing.restore_state_on_this_host(run.manager, step)
     variables = jax.tree.map(np.asarray, jax.device_get(
         {"params": restored["params"], "batch_stats": restored["batch_stats"]}))
     expected = model_shapes(run.model, run.image_shape)
