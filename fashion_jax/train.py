@@ -254,6 +254,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tree, progress = checkpointing.restore(
             manager, step, checkpointing.abstract_tree(state_tree(state)))
         state = state.replace(**tree)
+        # Early stopping is re-judged with this run's patience, so a stopped run can be
+        # continued with more patience (and more epochs).
+        progress["early_stopped"] = (
+            progress["epochs_without_improvement"] >= config.early_stopping.patience)
         logging.info("Resumed from checkpoint at step %d (epoch %d).", step,
                      len(progress["history"]))
     steps_per_epoch = input_pipeline.steps_per_epoch(len(train), config.batch_size)

@@ -98,3 +98,19 @@ def test_precise_batch_norm_stores_recalibrated_statistics(synthetic_data, cache
         model, {"params": state["params"], "batch_stats": state["batch_stats"]}, images[rows], 16)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  jax.device_get(expected["batch_stats"]), state["batch_stats"])
+
+
+def test_an_early_stopped_run_continues_with_more_patience(synthetic_data, cache_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    stopped = tiny_config(synthetic_data, num_epochs=12, **{"early_stopping.patience": 1,
+                                                            "optimizer.learning_rate": 3e-2})
+    first = train.train_and_evaluate(stopped, workdir)
+    assert first["epochs_run"] < 12
+    again = train.train_and_evaluate(stopped, workdir)  # Same patience: nothing more to do.
+    assert again["epochs_run"] == first["epochs_run"]
+    patient = tiny_config(synthetic_data, num_epochs=first["epochs_run"] + 2,
+                          **{"early_stopping.patience": 100, "optimizer.learning_rate": 3e-2})
+    more = train.train_and_evaluate(patient, workdir)
+    assert more["epochs_run"] == first["epochs_run"] + 2
+    assert [r["epoch"] for r in reporting.read_metrics(workdir)] == list(
+        range(1, first["epochs_run"] + 3))
