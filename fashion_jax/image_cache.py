@@ -54,7 +54,7 @@ def load_image(path_or_file, height: int, width: int) -> np.ndarray:
 @dataclasses.dataclass
 class DecodedImages:
     ids: np.ndarray          # int64 [N], the ids whose image decoded
-    images: np.ndarray       # uint8 [N, height, width, 3]
+    images: np.ndarray       # uint8 [N, height, width, 3]; a read-only memmap from the cache
     failed: list             # (id, reason) for images that could not be used
     from_cache: bool
 
