@@ -28,6 +28,16 @@ def get_config():
   config.data.image_height = 80
   config.data.image_width = 60
   config.data.max_rows = 0  # >0: a stratified slice of about this many rows, for smoke runs.
+  # Several heads (one network, one output per column; see configs/multi_head.py). The first must
+  # be label_column (merge map, split stratification, early-stopping accuracy); in the others,
+  # classes with fewer than other_min_count rows are folded into "Other" (written to heads.json)
+  # and rows without a value are left out of that head's loss only.
+  config.data.head_columns = ()
+  config.data.other_min_count = 0
+  # Class imbalance: "uniform" (a permutation per epoch), or draw each epoch's images with
+  # replacement with probability ~ 1/count ("class_balanced") or 1/sqrt(count) ("sqrt") of the
+  # primary label's class.
+  config.data.sampling = "uniform"
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "seed_cnn"
@@ -51,6 +61,12 @@ def get_config():
   config.optimizer.momentum = 0.0
   config.optimizer.nesterov = False
   config.optimizer.rho = 0.9
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.head_weights = ()  # One per head of data.head_columns; default 1 each.
+  # Per-class weights on the training loss: "none", "balanced" (N / (C * count), as
+  # scikit-learn) or "sqrt" (its square root). Validation loss stays unweighted.
+  config.loss.class_weighting = "none"
 
   config.batch_size = 32
   config.eval_batch_size = 256

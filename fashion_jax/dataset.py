@@ -7,6 +7,7 @@ classes below the configured minimum count.
 
 import csv
 import dataclasses
+import json
 import logging
 import os
 from typing import Optional
@@ -21,13 +22,15 @@ from fashion_jax import styles
 SUBSETS = ("train", "val", "test", "control")
 SPLIT_FILE = "split.csv"
 SKIPPED_FILE = "skipped_rows.csv"
+HEADS_FILE = "heads.json"
+OTHER = "Other"
 
 
 @dataclasses.dataclass
 class Subset:
     ids: np.ndarray       # int64 [N]
     images: np.ndarray    # uint8 [N, H, W, 3]
-    labels: np.ndarray    # int32 [N]
+    labels: np.ndarray    # int32 [N]; with several heads [N, num_heads], -1 where missing
 
     def __len__(self):
         return len(self.ids)
@@ -35,10 +38,12 @@ class Subset:
 
 @dataclasses.dataclass
 class FashionData:
-    class_names: list
+    class_names: list      # The primary head's classes (the only head of a single-head run).
     subsets: dict          # name -> Subset
     skipped: list          # (id or "line N", reason)
-    split: pd.DataFrame    # columns id, subset, label
+    split: pd.DataFrame    # columns id, subset, label (+ one column per head of a multi-head run)
+    heads: Optional[dict] = None  # Multi-head runs: head -> class names, in head order.
+    folding: Optional[dict] = None  # Multi-head runs: per head, what was folded into "Other".
 
 
 def apply_label_rules(rows: pd.DataFrame, label_column: str, merge_map: dict,
@@ -60,6 +65,52 @@ def apply_label_rules(rows: pd.DataFrame, label_column: str, merge_map: dict,
                                     f"min_class_count={min_class_count}"))
         rows = rows[~rows["label"].isin(rare)]
     return rows, skipped
+
+
+def fold_rare_classes(values: pd.Series, min_count: int):
+    """Classes with fewer than `min_count` rows become OTHER; missing values (NaN) stay missing.
+
+    Returns (folded values, sorted class names, {folded class: row count}).
+    """
+    counts = values.value_counts()
+    rare = counts[counts < min_count]
+    folded = values.where(~values.isin(rare.index) | values.isna(), OTHER)
+    return folded, sorted(folded.dropna().unique()), {k: int(v) for k, v in rare.items()}
+
+
+def head_labels(rows: pd.DataFrame, head_columns: tuple, data_config):
+    """Labels [N, num_heads] (-1 where a row has no value), head -> classes, and the folding.
+
+    The first head is the primary label (`rows["label"]`, merge map and min_class_count already
+    applied); every other head folds classes rarer than data_config.other_min_count into OTHER.
+    """
+    if head_columns[0] != data_config.label_column:
+        raise styles.DataError(
+            f"--config.data.head_columns starts with {head_columns[0]!r} but the primary label "
+            f"--config.data.label_column is {data_config.label_column!r}: make the first head "
+            "the label column (it is what the split is stratified by).")
+    missing = [c for c in head_columns if c not in rows.columns]
+    if missing:
+        raise styles.DataError(
+            f"--config.data.head_columns: {missing} are not columns of styles.csv; choose among "
+            f"{', '.join(styles.STYLE_COLUMNS[1:])}.")
+    labels = np.full((len(rows), len(head_columns)), -1, np.int32)
+    heads, folding = {}, {}
+    for n, column in enumerate(head_columns):
+        if n == 0:
+            values, classes, folded = rows["label"], sorted(rows["label"].unique()), {}
+        else:
+            values, classes, folded = fold_rare_classes(rows[column],
+                                                        data_config.other_min_count)
+        index = {name: i for i, name in enumerate(classes)}
+        labels[:, n] = values.map(lambda v: index.get(v, -1) if isinstance(v, str) else -1)
+        heads[column] = classes
+        folding[column] = {"classes": len(classes), "missing_rows": int(values.isna().sum()),
+                           "folded_into_other": folded}
+        if folded:
+            logging.info("Head %s: %d classes with fewer than %d rows folded into %r: %s",
+                         column, len(folded), data_config.other_min_count, OTHER, folded)
+    return labels, heads, folding
 
 
 def stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> np.ndarray:
@@ -111,17 +162,25 @@ def load_data(data_config, workdir: Optional[str] = None, show_progress: bool = 
     class_names = sorted(rows["label"].unique())
     label_ids = rows["label"].map({name: n for n, name in enumerate(class_names)}).to_numpy()
     fractions = dict(zip(SUBSETS, data_config.split_fractions))
+    # Stratified by the primary label alone, so single- and multi-head runs share one split.
     assignment = stratified_split(label_ids, fractions, data_config.split_seed)
     split = pd.DataFrame({"id": rows["id"].to_numpy(), "subset": assignment,
                           "label": rows["label"].to_numpy()})
+    labels, heads, folding = label_ids.astype(np.int32), None, None
+    head_columns = tuple(data_config.get("head_columns", ()))
+    if head_columns:
+        labels, heads, folding = head_labels(rows, head_columns, data_config)
+        for head in head_columns:
+            split[head] = [heads[head][i] if i >= 0 else ""
+                           for i in labels[:, head_columns.index(head)]]
     subsets = {}
     for name in SUBSETS:
         mask = assignment == name
         ids = split["id"].to_numpy()[mask]
         subsets[name] = Subset(ids=ids, images=decoded.images[[position[i] for i in ids]],
-                               labels=label_ids[mask].astype(np.int32))
+                               labels=labels[mask])
     _log_skips(skipped, csv_path)
-    data = FashionData(class_names, subsets, skipped, split)
+    data = FashionData(class_names, subsets, skipped, split, heads, folding)
     if workdir:
         write_split(data, workdir)
     return data
@@ -146,7 +205,8 @@ def write_split(data: FashionData, workdir: str):
     path = os.path.join(workdir, SPLIT_FILE)
     if os.path.exists(path):
         previous = read_split(workdir)
-        same = (len(previous) == len(data.split) and
+        same = (list(previous.columns) == list(data.split.columns) and
+                len(previous) == len(data.split) and
                 (previous.to_numpy() == data.split.to_numpy()).all())
         if not same:
             raise styles.DataError(
@@ -154,6 +214,9 @@ def write_split(data: FashionData, workdir: str):
                 "or the data config changed). Use a new --workdir, or restore the original data.")
     else:
         data.split.to_csv(path, index=False)
+    if data.heads:
+        with open(os.path.join(workdir, HEADS_FILE), "w") as f:
+            json.dump({"heads": data.heads, "folding": data.folding}, f, indent=1)
     with open(os.path.join(workdir, SKIPPED_FILE), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id_or_line", "reason"])
@@ -161,5 +224,5 @@ def write_split(data: FashionData, workdir: str):
 
 
 def read_split(workdir: str) -> pd.DataFrame:
-    return pd.read_csv(os.path.join(workdir, SPLIT_FILE), dtype={"id": "int64"},
-                       keep_default_na=False).astype({"subset": object, "label": object})
+    split = pd.read_csv(os.path.join(workdir, SPLIT_FILE), dtype=str, keep_default_na=False)
+    return split.astype({"id": "int64"}).astype({c: object for c in split.columns if c != "id"})

@@ -3,13 +3,15 @@
 Training: a fresh permutation per epoch derived from (seed, epoch) alone, so a resumed run sees
 exactly the batches an uninterrupted one would. The last, partial batch is filled up with the first
 images of the same epoch's permutation, so every batch has one shape (no recompilation) and every
-image is seen at least once per epoch.
+image is seen at least once per epoch. With class-balanced sampling the epoch is instead as many
+draws with replacement, weighted against frequent classes, also from (seed, epoch) alone.
 
 Evaluation: in order, the last batch padded with zeros and a `mask` that marks real images, so each
 image is counted exactly once.
 """
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -18,18 +20,39 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+def epoch_permutation(num_examples: int, seed: int, epoch: int,
+                      probabilities: Optional[np.ndarray] = None) -> np.ndarray:
+    """The epoch's order of examples: a permutation, or, given sampling `probabilities`,
+    `num_examples` draws with replacement (class-balanced sampling)."""
+    rng = np.random.default_rng([seed, epoch])
+    if probabilities is None:
+        return rng.permutation(num_examples)
+    return rng.choice(num_examples, size=num_examples, replace=True, p=probabilities)
+
+
+def sampling_probabilities(labels: np.ndarray, mode: str) -> Optional[np.ndarray]:
+    """Per-example probabilities ~ count(class)^-1 ("class_balanced") or ^-1/2 ("sqrt") of the
+    example's label; None for "uniform". Labels [N] or [N, heads] (the first head is used)."""
+    if mode == "uniform":
+        return None
+    if mode not in ("class_balanced", "sqrt"):
+        raise ValueError(f"--config.data.sampling={mode!r}: use uniform, class_balanced or sqrt")
+    labels = labels if labels.ndim == 1 else labels[:, 0]
+    counts = np.bincount(labels).astype(np.float64)
+    weights = 1.0 / counts[labels] ** (1.0 if mode == "class_balanced" else 0.5)
+    return weights / weights.sum()
 
 
 def train_indices(num_examples: int, batch_size: int, seed: int, epoch: int,
-                  first_step: int = 0, rows: slice = slice(None), steps_per_chunk: int = 1):
+                  first_step: int = 0, rows: slice = slice(None), steps_per_chunk: int = 1,
+                  probabilities: Optional[np.ndarray] = None):
     """Yields (step_in_epoch of the chunk's first step, indices [k, len(rows)]) to the epoch end.
 
     `batch_size` is the global batch; only its `rows` (this process's part) are returned. Chunks
     of `steps_per_chunk` steps let several steps run in one dispatch; the last may be shorter.
+    `probabilities`: see sampling_probabilities.
     """
-    order = epoch_permutation(num_examples, seed, epoch)
+    order = epoch_permutation(num_examples, seed, epoch, probabilities)
     last = steps_per_epoch(num_examples, batch_size)
     for start in range(first_step, last, steps_per_chunk):
         steps = np.arange(start, min(start + steps_per_chunk, last))

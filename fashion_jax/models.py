@@ -10,7 +10,9 @@ matrix product, and the 2x2 max pool is a reshape and max. On these CPUs XLA's n
 and `nn.max_pool` (select-and-scatter backward) were markedly slower (see bench/).
 """
 
-from typing import Sequence
+import dataclasses
+import functools
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,34 +26,47 @@ def scale_images(images):
     return images.astype(jnp.float32) / 255.0
 
 
-class Conv3x3Valid(nn.Module):
-    """A 3x3 VALID convolution, stride 1; parameters `kernel` [3, 3, Cin, Cout] and `bias`.
+def _resolve_impl(impl: str) -> str:
+    impl = impl if impl != "auto" else ("im2col" if jax.default_backend() == "cpu" else "xla")
+    if impl not in ("im2col", "xla"):
+        raise ValueError(f"--config.model.conv_impl={impl!r}: use auto, im2col or xla")
+    return impl
 
-    `impl`: "im2col" (nine shifted slices concatenated, one matmul: faster on CPU), "xla"
-    (lax.conv_general_dilated: cuDNN on GPU) or "auto" (im2col on CPU, xla elsewhere). The
-    parameters are the same, so checkpoints move freely between them. Parameters stay float32;
-    the computation runs in the input's dtype.
+
+def conv3x3(x, kernel, strides: int = 1, padding: int = 0, impl: str = "auto"):
+    """3x3 convolution of NHWC `x` with an HWIO `kernel`, zero `padding` on each side.
+
+    "im2col": the nine (strided) shifted slices concatenated on channels and one matmul, faster on
+    CPU; "xla": lax.conv_general_dilated (cuDNN on GPU); "auto": im2col on CPU, else xla.
+    """
+    if _resolve_impl(impl) == "xla":
+        return jax.lax.conv_general_dilated(
+            x, kernel, (strides, strides), [(padding, padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    height = (x.shape[1] - 3) // strides + 1
+    width = (x.shape[2] - 3) // strides + 1
+    patches = jnp.concatenate(
+        [x[:, i:i + strides * (height - 1) + 1:strides, j:j + strides * (width - 1) + 1:strides]
+         for i in range(3) for j in range(3)], axis=-1)
+    return patches @ kernel.reshape(9 * x.shape[-1], kernel.shape[-1])
+
+
+class Conv3x3Valid(nn.Module):
+    """A 3x3 VALID convolution, stride 1, with bias; parameters `kernel` [3, 3, Cin, Cout], `bias`.
+
+    `impl`: see conv3x3. The parameters are the same for every impl, so checkpoints move freely
+    between them. Parameters stay float32; the computation runs in the input's dtype.
     """
     features: int
     impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
-        cin = x.shape[-1]
-        kernel = self.param("kernel", keras_kernel_init, (3, 3, cin, self.features))
+        kernel = self.param("kernel", keras_kernel_init, (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
-        impl = self.impl if self.impl != "auto" else (
-            "im2col" if jax.default_backend() == "cpu" else "xla")
-        if impl == "xla":
-            return jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
-        if impl != "im2col":
-            raise ValueError(f"--config.model.conv_impl={impl!r}: use auto, im2col or xla")
-        height, width = x.shape[1] - 2, x.shape[2] - 2
-        patches = jnp.concatenate(
-            [x[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
-        return patches @ kernel.reshape(9 * cin, self.features) + bias
+        return conv3x3(x, kernel.astype(x.dtype), impl=self.impl) + bias.astype(x.dtype)
 
 
 def max_pool_2x2(x):
@@ -70,6 +85,7 @@ class SeedCNN(nn.Module):
     bn_epsilon: float = 1e-3
     dtype: str = "float32"  # Computation dtype ("bfloat16": mixed precision); params float32.
     conv_impl: str = "auto"  # See Conv3x3Valid.
+    heads: Sequence = ()  # ((name, num_classes), ...): one output per head; see classifier_heads.
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -86,17 +102,98 @@ class SeedCNN(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(self.dense_units, kernel_init=keras_kernel_init, dtype=dtype)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, kernel_init=keras_kernel_init, dtype=dtype)(x)
+        return classifier_heads(x, self.num_classes, self.heads, dtype)
+
+
+def classifier_heads(features, num_classes: int, heads: Sequence, dtype):
+    """Logits [B, num_classes] from one Dense; or, when `heads` ((name, classes), ...) is given,
+    {name: logits [B, classes]} from one Dense per head (named head_<name>)."""
+    if not heads:
+        logits = nn.Dense(num_classes, kernel_init=keras_kernel_init, dtype=dtype)(features)
         return logits.astype(jnp.float32)
+    return {name: nn.Dense(classes, kernel_init=keras_kernel_init, dtype=dtype,
+                           name=f"head_{name}")(features).astype(jnp.float32)
+            for name, classes in heads}
 
 
-MODELS = {"seed_cnn": SeedCNN}
+class ResidualBlock(nn.Module):
+    """Basic ResNet block: [3x3 conv -> BN -> ReLU] -> 3x3 conv -> BN, plus the shortcut (a
+    strided 1x1 projection + BN when the shape changes), then ReLU. The last BN starts at zero
+    scale, so each block starts as the identity."""
+    features: int
+    strides: int
+    batch_norm: Callable
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        def conv(y, name):
+            kernel = self.param(name, nn.initializers.he_normal(),
+                                (3, 3, y.shape[-1], self.features))
+            return conv3x3(y, kernel.astype(y.dtype), self.strides if name == "conv1" else 1,
+                           padding=1, impl=self.impl)
+        y = nn.relu(self.batch_norm(name="bn1")(conv(x, "conv1")))
+        y = self.batch_norm(name="bn2", scale_init=nn.initializers.zeros)(conv(y, "conv2"))
+        if x.shape[-1] != self.features or self.strides != 1:
+            x = x[:, ::self.strides, ::self.strides]
+            x = nn.Dense(self.features, use_bias=False, dtype=x.dtype,
+                         kernel_init=nn.initializers.he_normal(), name="projection")(x)
+            x = self.batch_norm(name="projection_bn")(x)
+        return nn.relu(x + y)
 
 
-def create_model(model_config, num_classes: int) -> nn.Module:
-    """Builds the model named by `model_config.name` from the remaining fields."""
+class SmallResNet(nn.Module):
+    """A ResNet for 80x60 images: a 3x3 stem (no downsampling), stages of basic blocks (the first
+    block of every stage strides by 2: 40x30, 20x15, 10x8, 5x4), global average pooling, dropout
+    and the classifier head(s). About as many FLOPs per image as the seed CNN."""
+    num_classes: int
+    stem_features: int = 24
+    stage_features: Sequence[int] = (32, 64, 128, 256)
+    stage_blocks: Sequence[int] = (1, 2, 2, 2)
+    dropout_rate: float = 0.02
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    dtype: str = "float32"
+    conv_impl: str = "auto"
+    heads: Sequence = ()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        dtype = jnp.dtype(self.dtype)
+        batch_norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                       momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                       dtype=dtype)
+        x = x.astype(dtype)
+        kernel = self.param("stem", nn.initializers.he_normal(),
+                            (3, 3, x.shape[-1], self.stem_features))
+        x = nn.relu(batch_norm(name="stem_bn")(
+            conv3x3(x, kernel.astype(dtype), padding=1, impl=self.conv_impl)))
+        for stage, (features, blocks) in enumerate(zip(self.stage_features, self.stage_blocks)):
+            for block in range(blocks):
+                x = ResidualBlock(features, 2 if block == 0 else 1, batch_norm, self.conv_impl,
+                                  name=f"stage{stage + 1}_block{block + 1}")(x)
+        x = x.mean(axis=(1, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return classifier_heads(x, self.num_classes, self.heads, dtype)
+
+
+MODELS = {"seed_cnn": SeedCNN, "small_resnet": SmallResNet}
+# Model fields of config.model; a field that only another model has is ignored.
+MODEL_FIELDS = {f.name for model in MODELS.values() for f in dataclasses.fields(model)}
+
+
+def create_model(model_config, num_classes) -> nn.Module:
+    """Builds the model named by `model_config.name` from the remaining fields.
+
+    `num_classes`: an int (one head), or {head: number of classes} in head order (several heads).
+    """
     fields = dict(model_config)
     name = fields.pop("name")
     if name not in MODELS:
         raise ValueError(f"--config.model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
-    return MODELS[name](num_classes=num_classes, **fields)
+    model_class = MODELS[name]
+    known = {f.name for f in dataclasses.fields(model_class)}
+    fields = {k: v for k, v in fields.items() if k in known or k not in MODEL_FIELDS}
+    if isinstance(num_classes, dict):
+        return model_class(num_classes=0, heads=tuple(num_classes.items()), **fields)
+    return model_class(num_classes=num_classes, **fields)

@@ -4,6 +4,7 @@
 resumes from the latest checkpoint and ends with the same parameters as an uninterrupted run.
 """
 
+import functools
 import json
 import math
 import time
@@ -14,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax.training import train_state
 from tqdm import tqdm
 
@@ -22,6 +22,7 @@ from fashion_jax import batch_norm
 from fashion_jax import checkpointing
 from fashion_jax import dataset
 from fashion_jax import input_pipeline
+from fashion_jax import losses as losses_lib
 from fashion_jax import models
 from fashion_jax import optim
 from fashion_jax import parallel
@@ -44,31 +45,35 @@ class NonFiniteLossError(FloatingPointError):
 scale_images = models.scale_images
 
 
-def train_step(state: TrainState, batch, rng):
-    """One optimizer step; returns (new state, summed metrics of the batch)."""
+SINGLE_HEAD = losses_lib.LossSpec(heads=("label",))
+
+
+def train_step(state: TrainState, batch, rng, loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
+    """One optimizer step; returns (new state, summed metrics of the batch).
+
+    `loss_spec` (static) describes the heads and class weights; see fashion_jax/losses.py.
+    """
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, scale_images(batch["image"]),
             train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        return loss.mean(), (loss, logits, updates)
+        losses, metrics = losses_lib.loss_and_metrics(logits, batch["label"], loss_spec)
+        return losses.mean(), (metrics, updates)
 
-    grads, (losses, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-    metrics = {"loss_sum": losses.sum(),
-               "correct": (logits.argmax(-1) == batch["label"]).sum().astype(jnp.float32),
-               "count": jnp.float32(losses.shape[0])}
     return state, metrics
 
 
-def train_steps_on_device_data(state: TrainState, images, labels, indices, rng):
+def train_steps_on_device_data(state: TrainState, images, labels, indices, rng,
+                               loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
     """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
     device-resident uint8 `images` and `labels` by a row of `indices` [k, B]."""
     def one_step(state, batch_indices):
         return train_step(state, {"image": images[batch_indices],
-                                  "label": labels[batch_indices]}, rng)
+                                  "label": labels[batch_indices]}, rng, loss_spec)
     state, metrics = jax.lax.scan(one_step, state, indices)
     return state, jax.tree.map(lambda m: m.sum(0), metrics)
 
@@ -77,31 +82,49 @@ def predict_logits(apply_fn, variables, images):
     return apply_fn(variables, scale_images(images), train=False)
 
 
-def eval_step(state: TrainState, batch):
-    """Masked sums over one padded eval batch: padding contributes nothing."""
+def eval_step(state: TrainState, batch, loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
+    """Masked sums over one padded eval batch: padding contributes nothing. The loss is
+    unweighted by class (class weights only steer training)."""
     logits = predict_logits(state.apply_fn,
                             {"params": state.params, "batch_stats": state.batch_stats},
                             batch["image"])
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    mask = batch["mask"]
-    return {"loss_sum": (losses * mask).sum(),
-            "correct": ((logits.argmax(-1) == batch["label"]) * mask).sum(),
-            "count": mask.sum()}
+    _, metrics = losses_lib.loss_and_metrics(logits, batch["label"],
+                                             loss_spec.without_class_weights(), batch["mask"])
+    return metrics
 
 
 def sum_metrics(total, new):
     return jax.tree.map(jnp.add, total, new)
 
 
-def summarize(sums: dict) -> dict:
-    count = float(sums["count"])
-    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
-            "count": int(count)}
+summarize = losses_lib.summarize
 
 
 # ----------------------------------------------------------------------------------------------
 # Set-up: mesh, state.
 # ----------------------------------------------------------------------------------------------
+
+def create_loss_spec(config, data: dataset.FashionData) -> losses_lib.LossSpec:
+    """Heads, their loss weights and (optional) class weights from the training labels."""
+    heads = tuple(data.heads) if data.heads else (config.data.label_column,)
+    weights = tuple(config.loss.head_weights)
+    if weights and len(weights) != len(heads):
+        raise ValueError(f"--config.loss.head_weights has {len(weights)} values for the "
+                         f"{len(heads)} heads {heads}; give one per head (or none).")
+    labels = data.subsets["train"].labels
+    labels = labels[:, None] if labels.ndim == 1 else labels
+    sizes = [len(c) for c in data.heads.values()] if data.heads else [len(data.class_names)]
+    class_weights = tuple(losses_lib.class_weights_for(labels[:, n], size,
+                                                       config.loss.class_weighting)
+                          for n, size in enumerate(sizes))
+    if all(w is None for w in class_weights):
+        class_weights = None
+    else:
+        logging.info("Class weights of the training loss (%s): %s", config.loss.class_weighting,
+                     class_weights[0])
+    return losses_lib.LossSpec(heads=heads, head_weights=weights, multi_head=bool(data.heads),
+                               class_weights=class_weights)
+
 
 def create_train_state(config, model, learning_rate_fn, image_shape,
                        sharding=None) -> TrainState:
@@ -139,7 +162,8 @@ class TrainStepRunner:
     loop per step.
     """
 
-    def __init__(self, data_parallel: parallel.DataParallel, subset: dataset.Subset, config):
+    def __init__(self, data_parallel: parallel.DataParallel, subset: dataset.Subset, config,
+                 loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
         self.dp, self.subset = data_parallel, subset
         choice = str(config.data_on_device).lower()
         if choice not in ("auto", "true", "false"):
@@ -152,13 +176,14 @@ class TrainStepRunner:
             self.images = data_parallel.replicate(subset.images)
             self.labels = data_parallel.replicate(subset.labels)
             self._run = jax.jit(
-                train_steps_on_device_data, donate_argnums=(0,),
+                functools.partial(train_steps_on_device_data, loss_spec=loss_spec),
+                donate_argnums=(0,),
                 in_shardings=(replicated, replicated, replicated, data_parallel.chunk_sharded,
                               replicated),
                 out_shardings=(replicated, replicated))
         else:
             self._run = jax.jit(
-                train_step, donate_argnums=(0,),
+                functools.partial(train_step, loss_spec=loss_spec), donate_argnums=(0,),
                 in_shardings=(replicated, data_parallel.batch_sharded, replicated),
                 out_shardings=(replicated, replicated))
 
@@ -178,11 +203,13 @@ class TrainStepRunner:
 class Evaluator:
     """Loss and accuracy of a state on a subset: padded, masked batches, each image counted once."""
 
-    def __init__(self, data_parallel: parallel.DataParallel, batch_size: int):
+    def __init__(self, data_parallel: parallel.DataParallel, batch_size: int,
+                 loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
         data_parallel.check_batch_size(batch_size, "--config.eval_batch_size")
         self.dp, self.batch_size = data_parallel, batch_size
         self.rows = data_parallel.process_rows(batch_size)
-        self._step = jax.jit(eval_step, out_shardings=data_parallel.replicated)
+        self._step = jax.jit(functools.partial(eval_step, loss_spec=loss_spec),
+                             out_shardings=data_parallel.replicated)
         self._sum = jax.jit(sum_metrics, out_shardings=data_parallel.replicated)
 
     def __call__(self, state: TrainState, subset: dataset.Subset) -> dict:
@@ -230,21 +257,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  {k: len(v) for k, v in data.subsets.items()})
     image_shape = train.images.shape[1:]
 
-    # --- Model, optimizer, state ---
-    model = models.create_model(config.model, len(data.class_names))
+    # --- Model, loss, optimizer, state ---
+    model = models.create_model(
+        config.model, {h: len(c) for h, c in data.heads.items()} if data.heads
+        else len(data.class_names))
+    loss_spec = create_loss_spec(config, data)
+    sampling = input_pipeline.sampling_probabilities(train.labels, config.data.sampling)
     learning_rate_fn = optim.create_learning_rate_fn(config.optimizer)
     state = create_train_state(config, model, learning_rate_fn, image_shape, dp.replicated)
     parameter_counts = count_parameters(state)
-    run_steps = TrainStepRunner(dp, train, config)
+    run_steps = TrainStepRunner(dp, train, config, loss_spec)
     logging.info("Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",
                  parameter_counts, dp.mesh, run_steps.on_device, run_steps.steps_per_dispatch)
     p_sum = jax.jit(sum_metrics, out_shardings=dp.replicated)
-    evaluate = Evaluator(dp, config.eval_batch_size)
+    evaluate = Evaluator(dp, config.eval_batch_size, loss_spec)
     rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=dp.replicated)()
 
     # --- Checkpoints: resume from the latest if there is one ---
     meta = {"class_names": data.class_names, "model": config.model.to_dict(),
             "image_shape": list(image_shape), "label_column": config.data.label_column,
+            "heads": data.heads,
             "parameter_counts": parameter_counts, "config": config.to_json()}
     manager = checkpointing.create_manager(workdir, config.checkpoint.keep_epochs, meta)
     progress, step = new_progress(), 0
@@ -275,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         epoch_start, images_seen = time.time(), 0
         for chunk_start, indices in input_pipeline.train_indices(
                 len(train), config.batch_size, config.seed, epoch, first_step, batch_rows,
-                run_steps.steps_per_dispatch):
+                run_steps.steps_per_dispatch, sampling):
             state, metrics = run_steps(state, indices, rng)
             sums = metrics if sums is None else p_sum(sums, metrics)
             previous_step, step = step, step + len(indices)
@@ -306,6 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   "train_seconds": train_seconds,
                   "images_per_second": images_seen / max(train_seconds, 1e-9),
                   "resumed_mid_epoch": bool(first_step)}
+        record.update({f"{prefix}_{key}": value
+                       for prefix, metrics in (("train", train_metrics), ("val", val_metrics))
+                       for key, value in metrics.items() if "/" in key})
         record_epoch(progress, record, config.early_stopping.monitor,
                      config.early_stopping.patience)
         checkpointing.save(manager, step, state_tree(state), progress,
@@ -331,6 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "epochs_run": len(history), "monitor": config.early_stopping.monitor,
                "val_loss": final_val["loss"], "val_accuracy": final_val["accuracy"],
                "val_images": final_val["count"], "train_images": len(train),
+               "val_heads": {k: v for k, v in final_val.items() if "/" in k},
                "train_seconds": sum(r["train_seconds"] for r in history),
                "images_per_second_median": float(np.median(
                    [r["images_per_second"] for r in history])) if history else None,

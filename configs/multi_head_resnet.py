@@ -1,0 +1,16 @@
+"""configs/multi_head.py with the SmallResNet backbone (global average pooling) instead of the
+seed CNN:
+
+  python run_train.py --config=configs/multi_head_resnet.py --workdir=runs/multi_head_resnet
+"""
+
+from configs import multi_head
+
+
+def get_config():
+  config = multi_head.get_config()
+  config.model.name = "small_resnet"
+  config.model.stem_features = 24
+  config.model.stage_features = (32, 64, 128, 256)
+  config.model.stage_blocks = (1, 2, 2, 2)
+  return config

@@ -1,0 +1,102 @@
+"""Classification losses and metric sums for one head or several.
+
+A single-head model returns logits [B, C] and is trained on labels [B]. A multi-head model returns
+{head: logits [B, C_h]} and is trained on labels [B, H] (columns in head order), where -1 marks a
+row without a value for that head: such a row adds nothing to that head's loss or metrics.
+The loss is the weighted sum over heads of each head's cross-entropy, averaged over the batch.
+Optional per-class weights (for imbalanced classes) multiply each example's cross-entropy.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+MISSING = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """Static description of the heads (hashable, so it can be closed over by jitted steps)."""
+    heads: Tuple[str, ...]                  # Head (column) names; the first is the primary one.
+    head_weights: Tuple[float, ...] = ()    # Default: 1 for every head.
+    multi_head: bool = False                # False: logits [B, C] and labels [B].
+    class_weights: Optional[Tuple[Optional[Tuple[float, ...]], ...]] = None  # Per head.
+
+    def weight(self, n: int) -> float:
+        return self.head_weights[n] if self.head_weights else 1.0
+
+    def without_class_weights(self) -> "LossSpec":
+        return dataclasses.replace(self, class_weights=None)
+
+
+def class_weights_for(labels: np.ndarray, num_classes: int, mode: str) -> Optional[tuple]:
+    """Per-class loss weights from training label counts (labels < 0 ignored).
+
+    "none": None. "balanced": N / (C * count_c) (scikit-learn's "balanced"), "sqrt": its square
+    root (a milder correction). A class without training images gets weight 0.
+    """
+    if mode == "none":
+        return None
+    if mode not in ("balanced", "sqrt"):
+        raise ValueError(f"--config.loss.class_weighting={mode!r}: use none, balanced or sqrt")
+    labels = labels[labels >= 0]
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        weights = np.where(counts > 0, len(labels) / (num_classes * counts), 0.0)
+    if mode == "sqrt":
+        weights = np.sqrt(weights)
+    return tuple(float(w) for w in weights)
+
+
+def _per_head(logits, labels, spec: LossSpec):
+    """(name, logits [B, C], labels [B]) for each head."""
+    if not spec.multi_head:
+        return [(spec.heads[0], logits, labels)]
+    return [(name, logits[name], labels[:, n]) for n, name in enumerate(spec.heads)]
+
+
+def loss_and_metrics(logits, labels, spec: LossSpec, mask=None):
+    """Per-example weighted loss [B] and metric sums.
+
+    Sums: loss_sum, correct and count of the primary head's batch (count = real examples);
+    with several heads also loss_sum/<head>, correct/<head>, count/<head> over labelled rows.
+    `mask` [B] (1 real, 0 padding) excludes padded evaluation rows.
+    """
+    batch = labels.shape[0]
+    mask = jnp.ones((batch,), jnp.float32) if mask is None else mask
+    total = jnp.zeros((batch,), jnp.float32)
+    sums = {}
+    for n, (name, head_logits, head_labels) in enumerate(_per_head(logits, labels, spec)):
+        present = (head_labels != MISSING).astype(jnp.float32) * mask
+        safe_labels = jnp.maximum(head_labels, 0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(head_logits, safe_labels)
+        if spec.class_weights is not None and spec.class_weights[n] is not None:
+            losses = losses * jnp.asarray(spec.class_weights[n], jnp.float32)[safe_labels]
+        losses = losses * present
+        correct = (head_logits.argmax(-1) == head_labels).astype(jnp.float32) * present
+        total = total + spec.weight(n) * losses
+        if n == 0:
+            sums["correct"] = correct.sum()
+        if spec.multi_head:
+            sums.update({f"loss_sum/{name}": losses.sum(), f"correct/{name}": correct.sum(),
+                         f"count/{name}": present.sum()})
+    sums["loss_sum"] = total.sum()
+    sums["count"] = mask.sum()
+    return total, sums
+
+
+def summarize(sums: dict) -> dict:
+    """Host metric sums -> loss, accuracy (primary head), count, and per-head numbers."""
+    count = float(sums["count"])
+    result = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
+              "count": int(count)}
+    for key in sums:
+        if key.startswith("correct/"):
+            head = key.split("/", 1)[1]
+            labelled = max(float(sums[f"count/{head}"]), 1.0)
+            result[f"accuracy/{head}"] = float(sums[key]) / labelled
+            result[f"loss/{head}"] = float(sums[f"loss_sum/{head}"]) / labelled
+    return result
