@@ -8,7 +8,7 @@ Evaluate (checkpoints are read, never written; outputs go to --output_dir):
 Predict (one model, the ensemble of several, or a soup):
   python run_eval.py --workdirs=runs/adam --predict=new_photos/ --output=predictions.csv
   python run_eval.py --workdirs=runs/adam,runs/sgd --predict=list.csv --predict_with=ensemble \
-      --output=predictions.csv --top_k=3
+      --output=predictions.csv --top_k=3 --review_threshold=0.98
 """
 
 import sys
@@ -45,6 +45,9 @@ flags.DEFINE_integer("bn_batches", 100, "Training batches that recompute a soup'
 flags.DEFINE_integer("bn_batch_size", 0, "Batch size of that recalibration; 0: the training one.")
 flags.DEFINE_integer("batch_size", 256, "Inference batch size.")
 flags.DEFINE_integer("ece_bins", 15, "Confidence bins of the expected calibration error.")
+flags.DEFINE_float("target_precision", 0.995, "Selective prediction: the review threshold is "
+                   "the lowest top-1 probability whose accepted val images reach this precision; "
+                   "coverage and precision are then reported on every subset.")
 flags.DEFINE_integer("gallery_size", 24, "Misclassified images per gallery PNG.")
 flags.DEFINE_string("data_dir", "", "Dataset folder; default: the training config's, else "
                     "$FASHION_DATA_DIR.")
@@ -54,6 +57,8 @@ flags.DEFINE_enum("predict_with", "auto", ["auto", "single", "ensemble", "unifor
                                            "greedy_soup"],
                   "With --predict: auto is single for one workdir, else ensemble.")
 flags.DEFINE_integer("top_k", 3, "With --predict: labels and probabilities per image.")
+flags.DEFINE_float("review_threshold", None, "With --predict: add a needs_review column, 1 where "
+                   "the top-1 probability is below this (e.g. the report's review threshold).")
 flags.DEFINE_bool("progress_bar", True, "Show progress bars.")
 
 
@@ -77,7 +82,8 @@ def options_from_flags():
       ensemble_weights=weights,
       soup_ingredients=FLAGS.soup_ingredients, soup_last_epochs=FLAGS.soup_last_epochs,
       soups=tuple(FLAGS.soups), bn_batches=FLAGS.bn_batches, bn_batch_size=FLAGS.bn_batch_size,
-      batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins, gallery_size=FLAGS.gallery_size,
+      batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
+      target_precision=FLAGS.target_precision, gallery_size=FLAGS.gallery_size,
       data_dir=FLAGS.data_dir, progress_bar=FLAGS.progress_bar)
 
 
@@ -97,7 +103,7 @@ def main(argv):
     options = options_from_flags()
     if FLAGS.predict:
       counts = runner.predict(workdirs, options, FLAGS.predict, FLAGS.output,
-                              FLAGS.predict_with, FLAGS.top_k)
+                              FLAGS.predict_with, FLAGS.top_k, FLAGS.review_threshold)
       print(f"{FLAGS.output}: {counts.predicted} images predicted, {counts.failed} could not "
             "be read.")
       if counts.exit_code:

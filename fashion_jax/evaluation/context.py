@@ -33,6 +33,7 @@ class EvalOptions:
     bn_batch_size: int = 0                         # 0: the training batch size.
     batch_size: int = 256                          # Inference batch.
     ece_bins: int = 15
+    target_precision: float = 0.995                # Selective prediction: threshold on val.
     gallery_size: int = 24                         # Misclassified images shown per PNG.
     data_dir: str = ""                             # Else the training config's, else env.
     progress_bar: bool = False
@@ -51,6 +52,9 @@ class EvalOptions:
         for flag in ("soup_last_epochs", "bn_batches", "bn_batch_size", "gallery_size"):
             if getattr(self, flag) < 0:
                 raise EvalError(f"--{flag}={getattr(self, flag)} must not be negative.")
+        if not 0 < self.target_precision <= 1:
+            raise EvalError(f"--target_precision={self.target_precision} must be in (0, 1], "
+                            "e.g. 0.995.")
         for flag in ("batch_size", "ece_bins"):
             if getattr(self, flag) < 1:
                 raise EvalError(f"--{flag}={getattr(self, flag)} must be at least 1.")

@@ -1,4 +1,5 @@
-"""PNG figures of an evaluation: confusion-matrix heatmaps and misclassified-image galleries."""
+"""PNG figures of an evaluation: confusion-matrix heatmaps, misclassified-image galleries and
+reliability diagrams."""
 
 import math
 
@@ -43,6 +44,34 @@ def plot_misclassified(images: np.ndarray, captions: list, path: str, title: str
     for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(image)
         ax.set_title(caption, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(curves: dict, path: str, title: str = ""):
+    """Reliability diagram: accuracy against mean confidence per bin (left) and the share of
+    images per bin (right), one line per curve. `curves`: label -> calibration.reliability_bins
+    output (count, confidence, accuracy; NaN or None for an empty bin)."""
+    fig, (ax, share_ax) = plt.subplots(1, 2, figsize=(10, 4.5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect calibration")
+    for (label, bins), marker in zip(curves.items(), "os^d"):
+        count = np.asarray(bins["count"], np.float64)
+        confidence = np.asarray(bins["confidence"], np.float64)
+        accuracy = np.asarray(bins["accuracy"], np.float64)
+        used = count > 0
+        ax.plot(confidence[used], accuracy[used], marker=marker, label=label)
+        edges = np.linspace(0.0, 1.0, len(count) + 1)
+        share_ax.stairs(count / max(count.sum(), 1), edges, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean confidence (top-1 probability)",
+           ylabel="accuracy", title="reliability")
+    ax.legend(loc="upper left", fontsize=8)
+    share_ax.set(yscale="log", xlim=(0, 1), xlabel="confidence bin", ylabel="share of images",
+                 title="images per bin")
+    share_ax.set_ylim(top=3.0)   # Room above a bin holding every image for the legend.
+    share_ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -3,22 +3,26 @@
 Images of any size and mode are converted to RGB at the training size. They are streamed: paths
 are read lazily, decoded one batch ahead on a thread pool and predicted in fixed-shape batches,
 and every batch's rows are written at once, so memory stays flat however many files there are.
-A file that cannot be read gets a row with its error and the run goes on.
+A file that cannot be read gets a row with its error and the run goes on. With a review
+threshold, a `needs_review` column is 1 where the top-1 probability is below it, else 0 (empty
+for a file that could not be read).
 """
 
 import concurrent.futures
 import csv
 import dataclasses
 import os
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from fashion_jax import image_cache
+from fashion_jax.evaluation import calibration
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 PATH_COLUMN = "path"
+REVIEW_COLUMN = "needs_review"
 
 
 class InputError(ValueError):
@@ -116,15 +120,19 @@ def decoded_batches(paths: Iterable[str], batch_size: int, height: int, width: i
         yield collect(*pending)
 
 
-def output_header(top_k: int) -> list:
+def output_header(top_k: int, review: bool = False) -> list:
     return ([PATH_COLUMN] + [f"top{k}_{field}" for k in range(1, top_k + 1)
-                             for field in ("label", "probability")] + ["error"])
+                             for field in ("label", "probability")]
+            + [REVIEW_COLUMN] * review + ["error"])
 
 
 def predict_files(source: str, predict: Callable[[np.ndarray], np.ndarray], class_names: list,
                   image_shape: tuple, output_csv: str, batch_size: int = 256, top_k: int = 3,
-                  show_progress: bool = True, num_threads: int = 0) -> PredictionCounts:
-    """Writes one row per input path: the top-k labels and probabilities, or the error."""
+                  show_progress: bool = True, num_threads: int = 0,
+                  review_threshold: Optional[float] = None) -> PredictionCounts:
+    """Writes one row per input path: the top-k labels and probabilities, or the error; with
+    `review_threshold`, also needs_review (top-1 probability below it)."""
+    review = review_threshold is not None
     top_k = max(1, min(top_k, len(class_names)))
     height, width = image_shape[:2]
     counts = PredictionCounts()
@@ -136,20 +144,24 @@ def predict_files(source: str, predict: Callable[[np.ndarray], np.ndarray], clas
             tqdm(total=total, desc="predicting", unit="img", disable=not show_progress,
                  mininterval=1) as bar:
         writer = csv.writer(f)
-        writer.writerow(output_header(top_k))
+        writer.writerow(output_header(top_k, review))
         for paths, images, errors in decoded_batches(iter_inputs(source), batch_size, height,
                                                      width, pool):
             ok = [e is None for e in errors]
-            probabilities = np.exp(predict(images)) if any(ok) else None
+            log_probs = predict(images) if any(ok) else None
+            probabilities = None if log_probs is None else np.exp(log_probs)
+            # Reviewed on the float64 top-1 probability that evaluation's thresholds come from.
+            confidence = None if log_probs is None else calibration.top1_confidence(log_probs)
             for n, (path, error) in enumerate(zip(paths, errors)):
                 if error is not None:
-                    writer.writerow([path] + [""] * (2 * top_k) + [error])
+                    writer.writerow([path] + [""] * (2 * top_k + review) + [error])
                     counts.failed += 1
                     continue
                 best = np.argsort(-probabilities[n], kind="stable")[:top_k]
                 cells = [value for k in best
                          for value in (class_names[k], f"{probabilities[n, k]:.6f}")]
-                writer.writerow([path] + cells + [""])
+                flag = [int(confidence[n] < review_threshold)] if review else []
+                writer.writerow([path] + cells + flag + [""])
                 counts.predicted += 1
             f.flush()
             bar.update(len(paths))

@@ -1,6 +1,9 @@
 """What a person reads after run_eval.py: report.json (every number), report.md (the tables,
-beside the seed study's numbers), per model and subset a confusion-matrix CSV and PNG and a
-gallery of misclassified images, and a short summary table for stdout.
+beside the seed study's numbers), per model and subset a confusion-matrix CSV and PNG, a gallery
+of misclassified images and a reliability diagram, and a short summary table for stdout.
+
+Each detailed model also gets a temperature and a review threshold (the lowest top-1 probability
+whose accepted images reach --target_precision), both fitted on val and applied to every subset.
 """
 
 import datetime
@@ -12,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_jax import restore
+from fashion_jax.evaluation import calibration
 from fashion_jax.evaluation import figures
 from fashion_jax.evaluation import metrics
 
@@ -26,6 +30,7 @@ SEED_REFERENCE = {
 }
 SEED_MODEL_BY_OPTIMIZER = {"adam": "Model 1 (Adam)", "sgd": "Model 2 (SGD)"}
 FREE_ITEMS = "Free Items"
+FIT_SUBSET = "val"   # Temperature and review threshold are fitted here.
 
 
 def build(ctx, entries: list, evaluator_names: list) -> dict:
@@ -39,6 +44,8 @@ def build(ctx, entries: list, evaluator_names: list) -> dict:
             "metrics": {subset: metrics.evaluate(log_probs, ctx.labels(subset), ctx.class_names,
                                                  ctx.options.ece_bins, entry.detailed)
                         for subset, log_probs in entry.log_probs.items()}})
+        if entry.detailed:
+            results[-1].update(_calibration_and_selective(ctx, entry))
     return {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "runs": [{"name": c.run.name, "workdir": c.run.workdir, "step": c.step, "epoch": c.epoch,
@@ -46,8 +53,37 @@ def build(ctx, entries: list, evaluator_names: list) -> dict:
                   "initialisation": restore.init_identity(c.run.config)} for c in ctx.checkpoints],
         "checkpoint": ctx.options.checkpoint, "subsets": list(ctx.options.subsets),
         "evaluators": evaluator_names, "class_names": ctx.class_names,
-        "ece_bins": ctx.options.ece_bins, "results": results,
+        "ece_bins": ctx.options.ece_bins, "target_precision": ctx.options.target_precision,
+        "results": results,
         "seed_reference": SEED_REFERENCE, "warnings": list(ctx.warnings)}
+
+
+def _calibration_and_selective(ctx, entry) -> dict:
+    """Temperature and review threshold fitted on val, then applied to each evaluated subset."""
+    labels = {subset: ctx.labels(subset) for subset in entry.log_probs}
+    temperature = threshold = skipped = None
+    if FIT_SUBSET in entry.log_probs:
+        fit_on = (entry.log_probs[FIT_SUBSET], labels[FIT_SUBSET])
+        temperature = calibration.fit_temperature(*fit_on)
+        threshold = calibration.threshold_for_precision(
+            *fit_on, ctx.options.target_precision)["threshold"]
+    else:
+        skipped = (f"{FIT_SUBSET} is not among --subsets, so no temperature or review threshold "
+                   "was fitted")
+    return {
+        "calibration": {
+            "fitted_on": None if skipped else FIT_SUBSET, "temperature": temperature,
+            "skipped": skipped,
+            "subsets": {s: calibration.calibration_summary(lp, labels[s], temperature,
+                                                           ctx.options.ece_bins)
+                        for s, lp in entry.log_probs.items()}},
+        "selective": {
+            "fitted_on": None if skipped else FIT_SUBSET,
+            "target_precision": ctx.options.target_precision, "threshold": threshold,
+            "skipped": skipped,
+            "subsets": {} if skipped else {
+                s: calibration.selective_metrics(lp, labels[s], threshold)
+                for s, lp in entry.log_probs.items()}}}
 
 
 def write(output_dir: str, report: dict, ctx, entries: list):
@@ -68,7 +104,8 @@ def _write_entry_files(output_dir, result, entry, ctx) -> dict:
     files, names = {}, ctx.class_names
     for subset, log_probs in entry.log_probs.items():
         paths = {kind: os.path.join(folder, f"{subset}_{kind}")
-                 for kind in ("confusion.csv", "confusion.png", "misclassified.png")}
+                 for kind in ("confusion.csv", "confusion.png", "misclassified.png",
+                              "reliability.png")}
         matrix = result["metrics"][subset]["confusion_matrix"]
         pd.DataFrame(matrix, index=pd.Index(names, name="true \\ predicted"),
                      columns=names).to_csv(paths["confusion.csv"], float_format="%.6f")
@@ -84,8 +121,18 @@ def _write_entry_files(output_dir, result, entry, ctx) -> dict:
             data.images[wrong], captions, paths["misclassified.png"],
             f"{title}: {int((predicted != data.labels).sum())} misclassified of "
             f"{len(data.labels)} (most confident first)")
+        _plot_reliability(result, subset, paths["reliability.png"], title)
         files[subset] = {k: os.path.relpath(p, output_dir) for k, p in paths.items()}
     return files
+
+
+def _plot_reliability(result, subset, path, title):
+    numbers = result["calibration"]["subsets"][subset]
+    curves = {f"uncalibrated (ECE {numbers['ece']:.4f})": numbers["reliability"]["before"]}
+    if "after" in numbers["reliability"]:
+        curves[f"temperature {result['calibration']['temperature']:.3f} (ECE "
+               f"{numbers['ece_scaled']:.4f})"] = numbers["reliability"]["after"]
+    figures.plot_reliability(curves, path, f"{title}: reliability")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,12 +150,16 @@ def markdown(report: dict) -> str:
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     for subset in report["subsets"]:
+        top5 = any("top5_accuracy" in r["metrics"][subset] for r in report["results"])
         lines += ["", f"## Results on {subset}", "", _table(
-            ["model", "kind", "accuracy", "loss", "ECE", "macro F1", "images"],
-            [[r["name"], r["kind"], _pct(m["accuracy"]), f"{m['loss']:.4f}", f"{m['ece']:.4f}",
-              f"{m['macro_f1']:.3f}", m["count"]]
+            ["model", "kind", "accuracy"] + ["top-5 accuracy"] * top5
+            + ["loss", "ECE", "macro F1", "images"],
+            [[r["name"], r["kind"], _pct(m["accuracy"])]
+             + [_pct(m.get("top5_accuracy"))] * top5
+             + [f"{m['loss']:.4f}", f"{m['ece']:.4f}", f"{m['macro_f1']:.3f}", m["count"]]
              for r in _distinct(report["results"]) for m in [r["metrics"][subset]]])]
     lines += _seed_section(report) + _ensemble_section(report) + _soup_section(report)
+    lines += _calibration_section(report) + _selective_section(report)
     lines += _details_section(report)
     return "\n".join(lines) + "\n"
 
@@ -121,7 +172,59 @@ def summary_table(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"{r['name']:<{width}}  {r['kind']:<16}" + "".join(
             f"{_pct(r['metrics'][s]['accuracy']):>10}" for s in subsets))
+    selective = [r for r in report["results"] if "selective" in r]
+    if selective:
+        lines.append(f"Review threshold (top-1 probability; {FIT_SUBSET} precision >= "
+                     f"{_pct(report['target_precision'])}; usable as --review_threshold):")
+    for r in selective:
+        sel = r["selective"]
+        if sel["skipped"] or sel["threshold"] is None:
+            lines.append(f"  {r['name']}: " + (sel["skipped"] or "no threshold reaches it"))
+            continue
+        lines.append(f"  {r['name']}: {sel['threshold']!r}; coverage (precision): " + ", ".join(
+            f"{s} {_pct(m['coverage'])} ({_pct(m['precision'])})"
+            for s, m in sel["subsets"].items()))
     return "\n".join(lines)
+
+
+def _calibration_section(report) -> list:
+    rows = [r for r in report["results"] if "calibration" in r]
+    if not rows:
+        return []
+    subsets = report["subsets"]
+    lines = ["", "## Calibration: temperature scaling", "",
+             f"The temperature T minimises the log-loss of softmax(log p / T) on {FIT_SUBSET}; "
+             f"ECE ({report['ece_bins']} bins) and log-loss before -> after dividing by T.", "",
+             _table(["model", "T"] + [f"{s} ECE" for s in subsets] + [f"{s} loss" for s in subsets],
+                    [[r["name"], _num(r["calibration"]["temperature"], ".3f")]
+                     + [_before_after(r["calibration"]["subsets"][s], "ece") for s in subsets]
+                     + [_before_after(r["calibration"]["subsets"][s], "loss") for s in subsets]
+                     for r in rows])]
+    skipped = sorted({r["calibration"]["skipped"] for r in rows if r["calibration"]["skipped"]})
+    return lines + ["", "Skipped: " + "; ".join(skipped) + "."] * bool(skipped)
+
+
+def _selective_section(report) -> list:
+    rows = [r for r in report["results"] if "selective" in r]
+    if not rows:
+        return []
+    subsets = report["subsets"]
+    lines = ["", "## Selective prediction: review threshold", "",
+             "A prediction is accepted when its top-1 probability (uncalibrated, as written by "
+             f"`--predict`) is at least the threshold: the lowest one whose accepted {FIT_SUBSET} "
+             f"images reach precision {_pct(report['target_precision'])}. Coverage is the share "
+             "of images accepted, precision the accuracy among them; pass the threshold as "
+             "`--review_threshold` to flag the rest for review.", "",
+             _table(["model", "threshold"] + [f"{s} coverage (precision)" for s in subsets],
+                    [[r["name"], _num(r["selective"]["threshold"], "")] + [
+                        f"{_pct(m['coverage'])} ({_pct(m['precision'])})"
+                        if m else "-" for s in subsets for m in [r["selective"]["subsets"].get(s)]]
+                     for r in rows])]
+    notes = sorted({r["selective"]["skipped"] for r in rows if r["selective"]["skipped"]})
+    notes += [f"{r['name']}: no threshold reaches precision {_pct(report['target_precision'])} "
+              f"on {FIT_SUBSET}; nothing is accepted" for r in rows
+              if not r["selective"]["skipped"] and r["selective"]["threshold"] is None]
+    return lines + ["", "Note: " + "; ".join(notes) + "."] * bool(notes)
 
 
 def _seed_section(report) -> list:
@@ -214,7 +317,8 @@ def _details_section(report) -> list:
             if files:
                 lines += ["", f"Confusion matrix ([CSV]({files['confusion.csv']})):", "",
                           f"![confusion matrix]({files['confusion.png']})", "",
-                          f"![misclassified]({files['misclassified.png']})"]
+                          f"![misclassified]({files['misclassified.png']})", "",
+                          f"![reliability diagram]({files['reliability.png']})"]
     return lines
 
 
@@ -232,6 +336,16 @@ def _table(header: list, rows: list) -> str:
 
 def _pct(value) -> str:
     return "-" if value is None or value != value else f"{100 * value:.2f}%"
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _before_after(numbers: dict, key: str) -> str:
+    if numbers[f"{key}_scaled"] is None:
+        return f"{numbers[key]:.4f}"
+    return f"{numbers[key]:.4f} -> {numbers[f'{key}_scaled']:.4f}"
 
 
 def _or_dash(value):

@@ -1,6 +1,7 @@
 """The glue run_eval.py calls: open runs read-only, evaluate or predict, write the outputs."""
 
 import os
+from typing import Optional
 
 from absl import logging
 
@@ -61,15 +62,21 @@ def evaluate(workdirs: list, options: context_lib.EvalOptions, output_dir: str) 
 
 
 def predict(workdirs: list, options: context_lib.EvalOptions, source: str, output_csv: str,
-            predict_with: str = "auto", top_k: int = 3) -> predict_lib.PredictionCounts:
-    """Classifies the photos of `source` (a folder or CSV) into `output_csv`."""
+            predict_with: str = "auto", top_k: int = 3,
+            review_threshold: Optional[float] = None) -> predict_lib.PredictionCounts:
+    """Classifies the photos of `source` (a folder or CSV) into `output_csv`; with
+    `review_threshold`, flags rows whose top-1 probability is below it (needs_review)."""
+    if review_threshold is not None and not 0 <= review_threshold <= 1:
+        raise EvalError(f"--review_threshold={review_threshold} must be a probability in [0, 1] "
+                        "(e.g. the review threshold of report.md).")
     _check_output_dir(os.path.dirname(os.path.abspath(output_csv)), workdirs)
     ctx = build_context(workdirs, options)
     mixture, description = _predictor(ctx, predict_with)
     logging.info("Predicting %s with %s", source, description)
     counts = predict_lib.predict_files(
         source, mixture, ctx.class_names, ctx.runs[0].image_shape, output_csv,
-        batch_size=options.batch_size, top_k=top_k, show_progress=options.progress_bar)
+        batch_size=options.batch_size, top_k=top_k, show_progress=options.progress_bar,
+        review_threshold=review_threshold)
     logging.info("Wrote %s: %d images predicted, %d could not be read.", output_csv,
                  counts.predicted, counts.failed)
     return counts
