@@ -2,6 +2,7 @@
 
 Evaluate (checkpoints are read, never written; outputs go to --output_dir):
   python run_eval.py --workdirs=runs/adam,runs/sgd --output_dir=eval/adam_sgd
+  python run_eval.py --workdirs=runs/multi_head --output_dir=eval/multi_head  # every head
   python run_eval.py --workdirs=runs/adam --evaluators=single,soup --soup_last_epochs=5 \
       --subsets=val,test --checkpoint=latest --output_dir=eval/adam_soup
 
@@ -60,6 +61,8 @@ flags.DEFINE_integer("top_k", 3, "With --predict: labels and probabilities per i
 flags.DEFINE_float("review_threshold", None, "With --predict: add a needs_review column, 1 where "
                    "the top-1 probability is below this (e.g. the report's review threshold).")
 flags.DEFINE_bool("progress_bar", True, "Show progress bars.")
+flags.DEFINE_string("head", "", "Multi-head runs: evaluate this head only (default: every head, "
+                    "each in <output_dir>/<head>/, plus heads.md and the hierarchy check).")
 
 
 class _DropReadOnlyNotes(logging.Filter):
@@ -84,6 +87,7 @@ def options_from_flags():
       soups=tuple(FLAGS.soups), bn_batches=FLAGS.bn_batches, bn_batch_size=FLAGS.bn_batch_size,
       batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
       target_precision=FLAGS.target_precision, gallery_size=FLAGS.gallery_size,
+      head=FLAGS.head,
       data_dir=FLAGS.data_dir, progress_bar=FLAGS.progress_bar)
 
 
@@ -111,8 +115,15 @@ def main(argv):
       return
     if not FLAGS.output_dir:
       raise app.UsageError("Pass --output_dir for the report (or --predict to classify photos).")
-    print(report.summary_table(runner.evaluate(workdirs, options, FLAGS.output_dir)))
-    print(f"Report: {FLAGS.output_dir}/{report.REPORT_MD}")
+    result = runner.evaluate(workdirs, options, FLAGS.output_dir)
+    if "results" in result:
+      print(report.summary_table(result))
+      print(f"Report: {FLAGS.output_dir}/{report.REPORT_MD}")
+    else:  # A multi-head run: one report per head.
+      for head, head_report in result.items():
+        print(f"== {head} ==\n{report.summary_table(head_report)}")
+      print(f"Reports: {FLAGS.output_dir}/<head>/{report.REPORT_MD}; per-head summary and "
+            f"hierarchy: {FLAGS.output_dir}/heads.md")
   except (DataError, RestoreError, runner.EvalError, soup.SoupError, predict.InputError) as e:
     sys.exit(f"run_eval.py: {e}")
 

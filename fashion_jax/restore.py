@@ -40,6 +40,8 @@ class Run:
     image_shape: tuple
     config: ml_collections.ConfigDict
     model: object                 # The flax module; equal configs give equal (hashable) modules.
+    heads: Optional[dict] = None  # Multi-head runs: head -> class names (tuple), in head order.
+    head: Optional[str] = None    # The head evaluated (class_names are its classes); see with_head.
 
     @property
     def optimizer(self) -> str:
@@ -78,10 +80,24 @@ def open_run(workdir: str, name: Optional[str] = None) -> Run:
         raise RestoreError(f"{folder}/metadata lacks {missing}; was it written by run_train.py?")
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
     model_config = _hashable(meta["model"])
-    model = models.create_model(ml_collections.ConfigDict(model_config), len(meta["class_names"]))
+    heads = {h: tuple(c) for h, c in meta["heads"].items()} if meta.get("heads") else None
+    model = models.create_model(
+        ml_collections.ConfigDict(model_config),
+        {h: len(c) for h, c in heads.items()} if heads else len(meta["class_names"]))
     return Run(workdir=workdir, name=name or os.path.basename(workdir), manager=manager,
                class_names=tuple(meta["class_names"]), model_config=model_config,
-               image_shape=tuple(meta["image_shape"]), config=config, model=model)
+               image_shape=tuple(meta["image_shape"]), config=config, model=model, heads=heads,
+               head=next(iter(heads)) if heads else None)
+
+
+def with_head(run: Run, head: str) -> Run:
+    """The run seen through one of its heads (its classes, its labels in split.csv)."""
+    if not run.heads:
+        raise RestoreError(f"--head={head}: {run.workdir} is a single-head run (of "
+                           f"{run.config.data.label_column}); leave --head out.")
+    if head not in run.heads:
+        raise RestoreError(f"--head={head}: {run.workdir} has the heads {list(run.heads)}.")
+    return dataclasses.replace(run, head=head, class_names=run.heads[head])
 
 
 def _hashable(value):

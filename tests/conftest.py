@@ -36,6 +36,23 @@ def write_synthetic_dataset(root, rows_per_class=24, seed=0, classes=None):
     return root
 
 
+def write_multi_head_dataset(root):
+    """write_synthetic_dataset with varied columns for several heads: gender (every tenth row
+    missing), subCategory (one per masterCategory, one rare value) and articleType (two per
+    subCategory)."""
+    root = write_synthetic_dataset(root, rows_per_class=20)
+    lines = (root / "styles.csv").read_text().splitlines()
+    out = [lines[0]]
+    for n, line in enumerate(lines[1:]):
+        fields = line.split(",")
+        fields[1] = "" if n % 10 == 3 else ("Men" if n % 2 else "Women")
+        fields[3] = "Rare" if n == 5 else f"{fields[2]}Sub"
+        fields[4] = f"{fields[2]}Type{n % 2}"
+        out.append(",".join(fields))
+    (root / "styles.csv").write_text("\n".join(out) + "\n")
+    return root
+
+
 @pytest.fixture
 def synthetic_data(tmp_path):
     return write_synthetic_dataset(tmp_path / "data")

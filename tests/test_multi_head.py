@@ -14,7 +14,7 @@ from fashion_jax import input_pipeline
 from fashion_jax import losses
 from fashion_jax import models
 from fashion_jax import train
-from tests.conftest import tiny_config, write_synthetic_dataset
+from tests.conftest import tiny_config, write_multi_head_dataset
 
 SPEC = losses.LossSpec(heads=("a", "b"), multi_head=True)
 
@@ -73,22 +73,8 @@ def test_rare_classes_fold_into_other_and_missing_stays_missing():
     assert classes == ["x", "y", "z"] and rare == {}
 
 
-def _write_multi_head_dataset(root):
-    """Synthetic data whose subCategory/gender vary, with rare and missing values."""
-    root = write_synthetic_dataset(root, rows_per_class=20)
-    lines = (root / "styles.csv").read_text().splitlines()
-    out = [lines[0]]
-    for n, line in enumerate(lines[1:]):
-        fields = line.split(",")
-        fields[1] = "" if n % 10 == 3 else ("Men" if n % 2 else "Women")  # gender, some missing
-        fields[3] = "Rare" if n == 5 else f"{fields[2]}Sub"              # one rare subCategory
-        out.append(",".join(fields))
-    (root / "styles.csv").write_text("\n".join(out) + "\n")
-    return root
-
-
 def test_multi_head_labels_split_and_heads_file(tmp_path, cache_dir):
-    root = _write_multi_head_dataset(tmp_path / "data")
+    root = write_multi_head_dataset(tmp_path / "data")
     config = tiny_config(root, **{"data.head_columns": ("masterCategory", "subCategory",
                                                         "gender"),
                                   "data.other_min_count": 2})
@@ -160,7 +146,7 @@ def test_small_resnet_heads_and_train_step_lowers_loss():
 
 
 def test_multi_head_run_end_to_end(tmp_path, cache_dir):
-    root = _write_multi_head_dataset(tmp_path / "data")
+    root = write_multi_head_dataset(tmp_path / "data")
     config = tiny_config(root, **{"data.head_columns": ("masterCategory", "subCategory",
                                                         "gender"),
                                   "data.other_min_count": 2, "loss.class_weighting": "sqrt",

@@ -37,6 +37,7 @@ class EvalOptions:
     gallery_size: int = 24                         # Misclassified images shown per PNG.
     data_dir: str = ""                             # Else the training config's, else env.
     progress_bar: bool = False
+    head: str = ""                                 # Multi-head runs: a head, "all" or "" (first).
 
     def __post_init__(self):
         if self.soup_ingredients not in ("auto", "workdirs", "last_epochs"):
@@ -71,6 +72,8 @@ class Context:
                             f"{len(checkpoints)} workdirs; give one weight per workdir.")
         self.warnings = []
         self._memo = {}
+        self.head = runs[0].head           # Multi-head runs: the head evaluated; else None.
+        self.top_classes = None            # Class indices for metrics' top_classes_accuracy.
 
     @property
     def class_names(self) -> list:
@@ -89,7 +92,8 @@ class Context:
         images = self.data.subset(subset).images
         logging.info("Predicting %s on %s (%d images).", key or "a soup candidate", subset,
                      len(images))
-        result = predictor.predict_array(model, variables, images, self.options.batch_size)
+        result = predictor.predict_array(model, variables, images, self.options.batch_size,
+                                         self.head)
         if key is not None:
             self._memo[key, subset] = result
         return result

@@ -76,10 +76,20 @@ class EvalData:
         return decoded.images[[position[int(i)] for i in ids]]
 
 
+def head_split(split: pd.DataFrame, head: str) -> pd.DataFrame:
+    """A multi-head run's split seen through one head: the rows that have a value for it
+    (split.csv holds "" where a row has none), labelled by it."""
+    rows = split[split[head] != ""]
+    return rows.assign(label=rows[head]).reset_index(drop=True)
+
+
 def check_same_split(runs: list, splits: list) -> Optional[str]:
     """None if every run used the same split and classes, else what differs, in words."""
     first, reference = runs[0], splits[0]
     for run, split in zip(runs[1:], splits[1:]):
+        if run.heads != first.heads:
+            return (f"{first.workdir} has the heads {first.heads and list(first.heads)} but "
+                    f"{run.workdir} has {run.heads and list(run.heads)}")
         if tuple(run.class_names) != tuple(first.class_names):
             return (f"{first.workdir} has classes {list(first.class_names)} but {run.workdir} has "
                     f"{list(run.class_names)}")

@@ -120,20 +120,32 @@ def decoded_batches(paths: Iterable[str], batch_size: int, height: int, width: i
         yield collect(*pending)
 
 
-def output_header(top_k: int, review: bool = False) -> list:
-    return ([PATH_COLUMN] + [f"top{k}_{field}" for k in range(1, top_k + 1)
-                             for field in ("label", "probability")]
-            + [REVIEW_COLUMN] * review + ["error"])
+def output_header(top_k: int, review: bool = False, heads=(None,), extra=()) -> list:
+    """path, then per head (prefixed by its name when there are several) the top-k labels and
+    probabilities, then `extra` columns, needs_review (with `review`) and error."""
+    return ([PATH_COLUMN] + [f"{head + '_' if head else ''}top{k}_{field}" for head in heads
+                             for k in range(1, top_k + 1) for field in ("label", "probability")]
+            + list(extra) + [REVIEW_COLUMN] * review + ["error"])
 
 
-def predict_files(source: str, predict: Callable[[np.ndarray], np.ndarray], class_names: list,
-                  image_shape: tuple, output_csv: str, batch_size: int = 256, top_k: int = 3,
+def predict_files(source: str, predict: Callable, class_names, image_shape: tuple,
+                  output_csv: str, batch_size: int = 256, top_k: int = 3,
                   show_progress: bool = True, num_threads: int = 0,
-                  review_threshold: Optional[float] = None) -> PredictionCounts:
+                  review_threshold: Optional[float] = None,
+                  extra_columns: Optional[tuple] = None) -> PredictionCounts:
     """Writes one row per input path: the top-k labels and probabilities, or the error; with
-    `review_threshold`, also needs_review (top-1 probability below it)."""
+    `review_threshold`, also needs_review (top-1 probability below it).
+
+    Multi-head models: `class_names` is {head: names} and `predict` returns {head: log-probs};
+    each head gets its group of columns and the review flag looks at the first head.
+    `extra_columns`: (names, function of the batch's log-probs -> [rows][len(names)] values),
+    e.g. the hierarchy-consistent decoding.
+    """
     review = review_threshold is not None
-    top_k = max(1, min(top_k, len(class_names)))
+    heads = list(class_names) if isinstance(class_names, dict) else [None]
+    names_of = class_names if isinstance(class_names, dict) else {None: class_names}
+    top_k = max(1, min([top_k] + [len(names) for names in names_of.values()]))
+    extra_names, extra_function = extra_columns or ((), None)
     height, width = image_shape[:2]
     counts = PredictionCounts()
     total = count_inputs(source)
@@ -144,22 +156,30 @@ def predict_files(source: str, predict: Callable[[np.ndarray], np.ndarray], clas
             tqdm(total=total, desc="predicting", unit="img", disable=not show_progress,
                  mininterval=1) as bar:
         writer = csv.writer(f)
-        writer.writerow(output_header(top_k, review))
+        writer.writerow(output_header(top_k, review, heads, extra_names))
+        blank = [""] * (2 * top_k * len(heads) + len(extra_names) + review)
         for paths, images, errors in decoded_batches(iter_inputs(source), batch_size, height,
                                                      width, pool):
             ok = [e is None for e in errors]
             log_probs = predict(images) if any(ok) else None
-            probabilities = None if log_probs is None else np.exp(log_probs)
+            if log_probs is not None and not isinstance(log_probs, dict):
+                log_probs = {None: log_probs}
+            extra = extra_function(log_probs) if extra_function and log_probs else None
             # Reviewed on the float64 top-1 probability that evaluation's thresholds come from.
-            confidence = None if log_probs is None else calibration.top1_confidence(log_probs)
+            confidence = None if log_probs is None else calibration.top1_confidence(
+                log_probs[heads[0]])
             for n, (path, error) in enumerate(zip(paths, errors)):
                 if error is not None:
-                    writer.writerow([path] + [""] * (2 * top_k + review) + [error])
+                    writer.writerow([path] + blank + [error])
                     counts.failed += 1
                     continue
-                best = np.argsort(-probabilities[n], kind="stable")[:top_k]
-                cells = [value for k in best
-                         for value in (class_names[k], f"{probabilities[n, k]:.6f}")]
+                cells = []
+                for head in heads:
+                    probabilities = np.exp(log_probs[head][n])
+                    best = np.argsort(-probabilities, kind="stable")[:top_k]
+                    cells += [value for k in best
+                              for value in (names_of[head][k], f"{probabilities[k]:.6f}")]
+                cells += list(extra[n]) if extra is not None else []
                 flag = [int(confidence[n] < review_threshold)] if review else []
                 writer.writerow([path] + cells + flag + [""])
                 counts.predicted += 1

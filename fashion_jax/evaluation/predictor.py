@@ -1,7 +1,8 @@
 """The one jitted predict function, batched over image arrays, and mixtures of predictions.
 
 Predictions are log-probabilities [N, num_classes] (float32): the loss stays finite for confident
-mistakes, and an ensemble is the exact log of its weighted mean of probabilities.
+mistakes, and an ensemble is the exact log of its weighted mean of probabilities. A multi-head
+model gives one such array per head ({head: [N, C_h]}), or only the `head` asked for.
 """
 
 import functools
@@ -13,21 +14,29 @@ from fashion_jax import input_pipeline
 from fashion_jax import train
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def log_probabilities(model, variables, images):
-    """Eval-mode log-softmax for a uint8 batch; compiled once per model config and batch shape."""
-    return jax.nn.log_softmax(train.predict_logits(model.apply, variables, images))
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def log_probabilities(model, variables, images, head=None):
+    """Eval-mode log-softmax for a uint8 batch; compiled once per model config and batch shape.
+    Multi-head models: {head: log-probs}, or only `head`'s."""
+    logits = train.predict_logits(model.apply, variables, images)
+    if isinstance(logits, dict) and head is not None:
+        logits = logits[head]
+    return jax.tree.map(jax.nn.log_softmax, logits)
 
 
-def predict_array(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_array(model, variables, images: np.ndarray, batch_size: int, head=None):
     """Log-probabilities for every image, in padded batches of one shape (no recompilation)."""
     outputs, masks = [], []
     for batch in input_pipeline.eval_batches(images, None, batch_size):
-        outputs.append(log_probabilities(model, variables, batch["image"]))
+        outputs.append(log_probabilities(model, variables, batch["image"], head))
         masks.append(batch["mask"] > 0)
     if not outputs:
-        return np.zeros((0, model.num_classes), np.float32)
-    return np.concatenate([np.asarray(o)[m] for o, m in zip(jax.device_get(outputs), masks)])
+        shapes = jax.eval_shape(log_probabilities, model, variables,
+                                np.zeros((1,) + images.shape[1:], np.uint8), head)
+        return jax.tree.map(lambda s: np.zeros((0,) + s.shape[1:], np.float32), shapes)
+    outputs = jax.device_get(outputs)
+    return jax.tree.map(lambda *parts: np.concatenate([p[m] for p, m in zip(parts, masks)]),
+                        *outputs)
 
 
 def normalized_weights(weights, count: int, flag: str = "--ensemble_weights") -> np.ndarray:
@@ -58,6 +67,11 @@ class Mixture:
         self.members = members   # (flax module, variables) pairs; their classes must agree.
         self.weights = normalized_weights(weights, len(members))
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        outputs = [log_probabilities(model, variables, images) for model, variables in self.members]
-        return mix([np.asarray(o) for o in jax.device_get(outputs)], self.weights)
+    def __call__(self, images: np.ndarray):
+        """Log-probs [N, C], or {head: [N, C_h]} for multi-head models."""
+        outputs = jax.device_get([log_probabilities(model, variables, images)
+                                  for model, variables in self.members])
+        if isinstance(outputs[0], dict):
+            return {head: mix([np.asarray(o[head]) for o in outputs], self.weights)
+                    for head in outputs[0]}
+        return mix([np.asarray(o) for o in outputs], self.weights)

@@ -42,7 +42,8 @@ def build(ctx, entries: list, evaluator_names: list) -> dict:
             "name": entry.name, "kind": entry.kind, "slug": slug, "detailed": entry.detailed,
             "details": entry.details, "seed_counterpart": _seed_counterpart(entry),
             "metrics": {subset: metrics.evaluate(log_probs, ctx.labels(subset), ctx.class_names,
-                                                 ctx.options.ece_bins, entry.detailed)
+                                                 ctx.options.ece_bins, entry.detailed,
+                                                 top_classes=ctx.top_classes)
                         for subset, log_probs in entry.log_probs.items()}})
         if entry.detailed:
             results[-1].update(_calibration_and_selective(ctx, entry))
@@ -52,7 +53,7 @@ def build(ctx, entries: list, evaluator_names: list) -> dict:
                   "optimizer": c.run.optimizer,
                   "initialisation": restore.init_identity(c.run.config)} for c in ctx.checkpoints],
         "checkpoint": ctx.options.checkpoint, "subsets": list(ctx.options.subsets),
-        "evaluators": evaluator_names, "class_names": ctx.class_names,
+        "evaluators": evaluator_names, "class_names": ctx.class_names, "head": ctx.head,
         "ece_bins": ctx.options.ece_bins, "target_precision": ctx.options.target_precision,
         "results": results,
         "seed_reference": SEED_REFERENCE, "warnings": list(ctx.warnings)}

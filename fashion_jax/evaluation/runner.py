@@ -9,6 +9,7 @@ from fashion_jax import restore
 from fashion_jax.evaluation import context as context_lib
 from fashion_jax.evaluation import data as data_lib
 from fashion_jax.evaluation import evaluators as evaluators_lib
+from fashion_jax.evaluation import heads as heads_lib
 from fashion_jax.evaluation import predict as predict_lib
 from fashion_jax.evaluation import predictor
 from fashion_jax.evaluation import report as report_lib
@@ -20,14 +21,20 @@ PREDICT_WITH = ("auto", "single", "ensemble", "uniform_soup", "greedy_soup")
 EvalError = context_lib.EvalError
 
 
-def build_context(workdirs: list, options: context_lib.EvalOptions) -> context_lib.Context:
-    """Opens each workdir read-only at --checkpoint; the runs must share split and classes."""
+def build_context(workdirs: list, options: context_lib.EvalOptions,
+                  head: Optional[str] = None) -> context_lib.Context:
+    """Opens each workdir read-only at --checkpoint; the runs must share split and classes.
+    Multi-head runs are seen through `head` (default: their first)."""
     if not workdirs:
         raise EvalError("Pass at least one training workdir with --workdirs.")
     if len(set(os.path.abspath(w) for w in workdirs)) != len(workdirs):
         raise EvalError(f"--workdirs lists a workdir twice: {workdirs}.")
     runs = [restore.open_run(w, name) for w, name in zip(workdirs, restore.short_names(workdirs))]
     splits = [restore.read_split(run) for run in runs]
+    if head or runs[0].heads:
+        head = head or runs[0].head
+        runs = [restore.with_head(run, head) for run in runs]
+        splits = [data_lib.head_split(split, head) for split in splits]
     difference = data_lib.check_same_split(runs, splits)
     if difference:
         raise EvalError(f"The workdirs cannot be compared or combined: {difference}. Evaluate "
@@ -38,13 +45,37 @@ def build_context(workdirs: list, options: context_lib.EvalOptions) -> context_l
         checkpoints.append(restore.load_checkpoint(run, step))
         logging.info("%s: checkpoint %s -> step %d", run.workdir, options.checkpoint, step)
     data = data_lib.EvalData(runs[0], splits[0], options.data_dir, options.progress_bar)
-    return context_lib.Context(runs, checkpoints, data, options)
+    ctx = context_lib.Context(runs, checkpoints, data, options)
+    ctx.top_classes = heads_lib.top_class_indices(splits[0], ctx.class_names)
+    return ctx
 
 
 def evaluate(workdirs: list, options: context_lib.EvalOptions, output_dir: str) -> dict:
-    """Runs the chosen evaluators and writes the report into `output_dir`; returns report.json."""
+    """Runs the chosen evaluators and writes the report into `output_dir`; returns report.json.
+
+    Multi-head runs: one report per head (--head, default all) in <output_dir>/<head>/, plus
+    heads.json/heads.md (per-head table, hierarchy consistency); returns {head: report}.
+    """
     _check_output_dir(output_dir, workdirs)
-    ctx = build_context(workdirs, options)
+    if not workdirs:
+        raise EvalError("Pass at least one training workdir with --workdirs.")
+    first = restore.open_run(workdirs[0])
+    heads = heads_lib.heads_to_evaluate(first, options.head)
+    if heads is None:
+        return _evaluate_head(workdirs, options, output_dir)
+    reports = {head: _evaluate_head(workdirs, options, os.path.join(output_dir, head), head)
+               for head in heads}
+    checkpoint = restore.load_checkpoint(first, restore.select_step(first, options.checkpoint))
+    hierarchy_result = heads_lib.hierarchy_evaluation(
+        checkpoint, restore.read_split(first), options.subsets, options)
+    heads_lib.write(output_dir, heads_lib.summary(reports, hierarchy_result))
+    logging.info("Wrote %s and %s in %s", heads_lib.HEADS_JSON, heads_lib.HEADS_MD, output_dir)
+    return reports
+
+
+def _evaluate_head(workdirs: list, options: context_lib.EvalOptions, output_dir: str,
+                   head: Optional[str] = None) -> dict:
+    ctx = build_context(workdirs, options, head)
     unknown = sorted(set(options.subsets) - set(ctx.data.subset_names()))
     if unknown or not options.subsets:
         raise EvalError(f"--subsets={','.join(options.subsets)}: choose among "
@@ -73,10 +104,14 @@ def predict(workdirs: list, options: context_lib.EvalOptions, source: str, outpu
     ctx = build_context(workdirs, options)
     mixture, description = _predictor(ctx, predict_with)
     logging.info("Predicting %s with %s", source, description)
+    run = ctx.runs[0]
     counts = predict_lib.predict_files(
-        source, mixture, ctx.class_names, ctx.runs[0].image_shape, output_csv,
+        source, mixture, {h: list(c) for h, c in run.heads.items()} if run.heads
+        else ctx.class_names, run.image_shape, output_csv,
         batch_size=options.batch_size, top_k=top_k, show_progress=options.progress_bar,
-        review_threshold=review_threshold)
+        review_threshold=review_threshold,
+        extra_columns=heads_lib.consistent_columns(run, restore.read_split(run))
+        if run.heads else None)
     logging.info("Wrote %s: %d images predicted, %d could not be read.", output_csv,
                  counts.predicted, counts.failed)
     return counts

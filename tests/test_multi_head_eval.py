@@ -1,0 +1,93 @@
+"""run_eval.py on a multi-head run: a report per head with numbers computed here, the per-head
+summary and hierarchy check, and --predict with a column group per head."""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from fashion_jax import restore
+from fashion_jax.evaluation import context
+from fashion_jax.evaluation import heads as heads_lib
+from fashion_jax.evaluation import hierarchy
+from fashion_jax.evaluation import runner
+from tests.conftest import tiny_config, write_multi_head_dataset
+
+HEADS = ("masterCategory", "subCategory", "articleType", "gender")
+
+
+@pytest.fixture(scope="module")
+def multi_head_run(tmp_path_factory):
+    from fashion_jax import train
+    root = tmp_path_factory.mktemp("multi_head")
+    data = write_multi_head_dataset(root / "data")
+    config = tiny_config(data, **{"data.head_columns": HEADS, "data.other_min_count": 2,
+                                  "data.cache_dir": str(root / "cache"), "num_epochs": 2})
+    train.train_and_evaluate(config, str(root / "run"))
+    return root
+
+
+def _own_log_probs(run, checkpoint, images):
+    logits = run.model.apply(checkpoint.variables, images.astype(np.float32) / 255.0,
+                             train=False)
+    return {h: np.asarray(jax.nn.log_softmax(v), np.float64) for h, v in logits.items()}
+
+
+def test_every_head_is_reported_with_missing_labels_left_out(multi_head_run, tmp_path):
+    workdir = str(multi_head_run / "run")
+    options = context.EvalOptions(evaluators=("single",), batch_size=16, subsets=("val", "test"))
+    reports = runner.evaluate([workdir], options, str(tmp_path / "eval"))
+    assert list(reports) == list(HEADS)
+    run = restore.open_run(workdir)
+    checkpoint = restore.load_checkpoint(run, restore.select_step(run, "best"))
+    split = restore.read_split(run)
+    ctx = runner.build_context([workdir], options)
+    for subset in ("val", "test"):
+        rows = split[split["subset"] == subset]
+        log_probs = _own_log_probs(run, checkpoint, ctx.data.subset(subset).images)
+        for head in HEADS:
+            labelled = (rows[head] != "").to_numpy()
+            truth = rows[head][labelled].map({c: i for i, c in enumerate(run.heads[head])})
+            expected = (log_probs[head][labelled].argmax(-1) == truth.to_numpy()).mean()
+            numbers = reports[head]["results"][0]["metrics"][subset]
+            assert numbers["count"] == labelled.sum()
+            assert numbers["accuracy"] == pytest.approx(expected)
+        assert (rows["gender"] == "").any()  # The gender head really had rows left out.
+    summary = json.loads((tmp_path / "eval" / heads_lib.HEADS_JSON).read_text())
+    assert {r["head"] for r in summary["rows"]} == set(HEADS)
+    assert summary["hierarchy"]["heads"] == ["masterCategory", "subCategory", "articleType"]
+    assert summary["hierarchy"]["subsets"]["val"]["decoded_inconsistency_rate"] == 0
+    assert (tmp_path / "eval" / "gender" / "report.md").exists()
+    with pytest.raises(restore.RestoreError, match="has the heads"):
+        runner.evaluate([workdir], context.EvalOptions(head="colour"), str(tmp_path / "e2"))
+
+
+def test_top_classes_are_the_most_common_training_classes_without_other():
+    import pandas as pd
+    split = pd.DataFrame({"subset": ["train"] * 9 + ["val"] * 5,
+                          "label": ["a"] * 4 + ["Other"] * 3 + ["b"] * 2 + ["c"] * 5})
+    assert heads_lib.top_class_indices(split, ["Other", "a", "b", "c"], count=2) == [1, 2]
+    assert heads_lib.top_class_indices(split, ["a", "b"], count=2) is None
+
+
+def test_predict_writes_a_column_group_per_head_and_a_consistent_triple(multi_head_run, tmp_path):
+    workdir = str(multi_head_run / "run")
+    images = multi_head_run / "data" / "images"
+    counts = runner.predict([workdir], context.EvalOptions(batch_size=8), str(images),
+                            str(tmp_path / "predictions.csv"), top_k=2, review_threshold=0.5)
+    assert counts.predicted == len(list(images.glob("*.jpg")))
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    for head in HEADS:
+        assert f"{head}_top1_label" in rows[0] and f"{head}_top2_probability" in rows[0]
+    run = restore.open_run(workdir)
+    split = restore.read_split(run)
+    levels = ["masterCategory", "subCategory", "articleType"]
+    allowed = hierarchy.allowed_combinations(heads_lib.label_matrix(
+        split[split["subset"] == "train"], run, levels))
+    decoded = np.array([[run.heads[h].index(row[f"consistent_{h}"]) for h in levels]
+                        for row in rows])
+    assert hierarchy.is_consistent(decoded, allowed).all()
+    assert {row["needs_review"] for row in rows} <= {"0", "1"}
