@@ -153,10 +153,12 @@ def load_checkpoint(run: Run, step: int) -> Checkpoint:
 
 
 def load_variables(run: Run, step: int) -> dict:
-    """{"params", "batch_stats"} of checkpoint `step` as numpy arrays, checked against the model."""
+    """{"params", "batch_stats"} of checkpoint `step` as numpy arrays, checked against the model;
+    the EMA parameters and their statistics for runs that kept them."""
     restored = checkpointing.restore_state_on_this_host(run.manager, step)
+    prefix = "ema_" if "ema_params" in restored else ""  # Runs with --config.ema_decay.
     variables = jax.tree.map(np.asarray, jax.device_get(
-        {"params": restored["params"], "batch_stats": restored["batch_stats"]}))
+        {"params": restored[prefix + "params"], "batch_stats": restored[prefix + "batch_stats"]}))
     expected = model_shapes(run.model, run.image_shape)
     differences = tree_differences(expected, variables)
     if differences:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import struct
 from flax.training import train_state
 from tqdm import tqdm
 
@@ -32,6 +33,17 @@ from fashion_jax import restore
 
 class TrainState(train_state.TrainState):
     batch_stats: Any
+    # With --config.ema_decay > 0: an exponential moving average of the parameters, which is
+    # what is validated, selected and evaluated, with BatchNorm statistics recomputed for it.
+    ema_params: Any = None
+    ema_batch_stats: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def for_evaluation(self) -> "TrainState":
+        """The state whose predictions count: the EMA parameters when there are any."""
+        if self.ema_params is None:
+            return self
+        return self.replace(params=self.ema_params, batch_stats=self.ema_batch_stats)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,6 +76,10 @@ def train_step(state: TrainState, batch, rng, loss_spec: losses_lib.LossSpec = S
 
     grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    if state.ema_decay:  # The usual warm-up: the average forgets its start quickly.
+        decay = jnp.minimum(state.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+        state = state.replace(ema_params=jax.tree.map(
+            lambda ema, p: decay * ema + (1.0 - decay) * p, state.ema_params, state.params))
     return state, metrics
 
 
@@ -132,19 +148,32 @@ def create_train_state(config, model, learning_rate_fn, image_shape,
     init_seed = config.seed if config.init_seed is None else config.init_seed
     tx = optim.create_optimizer(config.optimizer, learning_rate_fn)
 
+    ema_decay = float(config.get("ema_decay", 0.0))
+    if ema_decay and not config.bn_recalibration_batches:
+        raise ValueError("--config.ema_decay needs --config.bn_recalibration_batches > 0: the "
+                         "averaged parameters need BatchNorm statistics of their own.")
+
     def init():
         variables = model.init(jax.random.key(init_seed),
                                jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
         return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 batch_stats=variables["batch_stats"])
+                                 batch_stats=variables["batch_stats"], ema_decay=ema_decay)
     state = jax.jit(init, out_shardings=sharding)()
-    return restore.init_from_checkpoint(config, state)  # If --config.init_checkpoint is set.
+    state = restore.init_from_checkpoint(config, state)  # If --config.init_checkpoint is set.
+    if ema_decay:  # The average starts at the initial parameters (own buffers: state is donated).
+        copy = jax.jit(lambda tree: jax.tree.map(lambda x: x * 1, tree), out_shardings=sharding)
+        state = state.replace(ema_params=copy(state.params),
+                              ema_batch_stats=copy(state.batch_stats))
+    return state
 
 
 def state_tree(state: TrainState) -> dict:
     """The checkpointed part of the state, as a plain dict."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+    tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
             "batch_stats": state.batch_stats}
+    if state.ema_params is not None:
+        tree.update(ema_params=state.ema_params, ema_batch_stats=state.ema_batch_stats)
+    return tree
 
 
 def count_parameters(state: TrainState) -> dict:
@@ -325,11 +354,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_seconds = time.time() - epoch_start
 
         # --- Epoch end: (precise BN), validate, early stopping, checkpoint, metrics ---
-        if config.bn_recalibration_batches:
-            state = batch_norm.recalibrate_train_state(
-                state, model, train.images, config.bn_recalibration_batches, config.batch_size,
-                config.seed, epoch, dp)
-        train_metrics, val_metrics = summarize(dp.to_host(sums)), evaluate(state, val)
+        if config.bn_recalibration_batches:  # For the EMA parameters when there are any.
+            recalibrated = batch_norm.recalibrate_train_state(
+                state.for_evaluation(), model, train.images, config.bn_recalibration_batches,
+                config.batch_size, config.seed, epoch, dp)
+            state = (state.replace(ema_batch_stats=recalibrated.batch_stats)
+                     if state.ema_params is not None
+                     else state.replace(batch_stats=recalibrated.batch_stats))
+        train_metrics = summarize(dp.to_host(sums))
+        val_metrics = evaluate(state.for_evaluation(), val)
         epoch += 1
         record = {"epoch": epoch, "step": step,
                   "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
@@ -360,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         final_step = progress["best_step"]
         state = state.replace(**checkpointing.restore_state(
             manager, final_step, checkpointing.abstract_tree(state_tree(state))))
-    final_val = evaluate(state, val)
+    final_val = evaluate(state.for_evaluation(), val)
     history = progress["history"]
     summary = {"final_step": final_step, "best_epoch": progress["best_epoch"],
                "epochs_run": len(history), "monitor": config.early_stopping.monitor,

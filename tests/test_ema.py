@@ -1,0 +1,57 @@
+"""The exponential moving average of parameters (--config.ema_decay)."""
+
+import jax
+import numpy as np
+import pytest
+
+from fashion_jax import checkpointing
+from fashion_jax import models
+from fashion_jax import optim
+from fashion_jax import restore
+from fashion_jax import train
+from tests.conftest import tiny_config
+
+
+def _state(config):
+    model = models.create_model(config.model, 4)
+    return train.create_train_state(config, model, optim.create_learning_rate_fn(config.optimizer),
+                                    (80, 60, 3))
+
+
+def test_ema_follows_the_parameters_with_warm_up(tmp_path):
+    config = tiny_config(tmp_path, ema_decay=0.9, bn_recalibration_batches=2)
+    state = _state(config)
+    start = jax.device_get(state.params)
+    np.testing.assert_array_equal(jax.tree.leaves(jax.device_get(state.ema_params))[0],
+                                  jax.tree.leaves(start)[0])
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 255, (16, 80, 60, 3), dtype=np.uint8),
+             "label": rng.integers(0, 4, 16).astype(np.int32)}
+    step = jax.jit(train.train_step, donate_argnums=0)
+    state, _ = step(state, batch, jax.random.key(0))
+    decay = min(0.9, 2 / 11)  # Warm-up at step 1.
+    for ema, new, old in zip(jax.tree.leaves(jax.device_get(state.ema_params)),
+                             jax.tree.leaves(jax.device_get(state.params)),
+                             jax.tree.leaves(start)):
+        np.testing.assert_allclose(ema, decay * old + (1 - decay) * new, rtol=1e-5, atol=1e-7)
+    assert state.for_evaluation().params is state.ema_params
+    with pytest.raises(ValueError, match="bn_recalibration_batches"):
+        _state(tiny_config(tmp_path, ema_decay=0.9))
+
+
+def test_ema_run_is_validated_and_evaluated_with_the_average(tmp_path, synthetic_data,
+                                                            cache_dir):
+    config = tiny_config(synthetic_data, ema_decay=0.5, bn_recalibration_batches=2)
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config, str(workdir))
+    run = restore.open_run(str(workdir))
+    step = restore.select_step(run, "latest")
+    saved = jax.device_get(checkpointing.restore_state_on_this_host(run.manager, step))
+    loaded = restore.load_variables(run, step)
+    for a, b in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(saved["ema_params"])):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved["params"]),
+                                                        jax.tree.leaves(saved["ema_params"])))
+    for a, b in zip(jax.tree.leaves(loaded["batch_stats"]),
+                    jax.tree.leaves(saved["ema_batch_stats"])):
+        np.testing.assert_array_equal(a, b)
