@@ -23,9 +23,11 @@ def multi_head_run(tmp_path_factory):
     from fashion_jax import train
     root = tmp_path_factory.mktemp("multi_head")
     data = write_multi_head_dataset(root / "data")
-    config = tiny_config(data, **{"data.head_columns": HEADS, "data.other_min_count": 2,
-                                  "data.cache_dir": str(root / "cache"), "num_epochs": 2})
-    train.train_and_evaluate(config, str(root / "run"))
+    for name, seed in (("run", 0), ("other", 1)):  # Same initialisation, other shuffling.
+        config = tiny_config(data, **{"data.head_columns": HEADS, "data.other_min_count": 2,
+                                      "data.cache_dir": str(root / "cache"), "num_epochs": 2,
+                                      "seed": seed, "init_seed": 0})
+        train.train_and_evaluate(config, str(root / name))
     return root
 
 
@@ -91,3 +93,22 @@ def test_predict_writes_a_column_group_per_head_and_a_consistent_triple(multi_he
                         for row in rows])
     assert hierarchy.is_consistent(decoded, allowed).all()
     assert {row["needs_review"] for row in rows} <= {"0", "1"}
+
+
+def test_ensemble_and_soups_of_multi_head_runs(multi_head_run, tmp_path):
+    workdirs = [str(multi_head_run / "run"), str(multi_head_run / "other")]
+    options = context.EvalOptions(evaluators=("single", "ensemble", "soup"), batch_size=16,
+                                  subsets=("val",), head="gender", bn_batches=2)
+    reports = runner.evaluate(workdirs, options, str(tmp_path / "eval"))
+    assert list(reports) == ["gender"]
+    results = reports["gender"]["results"]
+    assert {r["kind"] for r in results} >= {"single", "ensemble", "uniform soup", "greedy soup"}
+    labelled = (restore.read_split(restore.open_run(workdirs[0])).query("subset == 'val'")
+                ["gender"] != "").sum()
+    assert all(r["metrics"]["val"]["count"] == labelled for r in results)
+    ctx = runner.build_context(workdirs, options, "gender")
+    members = [ctx.checkpoint_log_probs(c, "val") for c in ctx.checkpoints]
+    ensemble = next(r for r in results if r["kind"] == "ensemble")
+    expected = (np.log(np.exp(members[0]) / 2 + np.exp(members[1]) / 2).argmax(-1)
+                == ctx.labels("val")).mean()
+    assert ensemble["metrics"]["val"]["accuracy"] == pytest.approx(expected)
