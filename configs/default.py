@@ -84,7 +84,7 @@ def get_config():
   # >0: at every epoch end, recompute BatchNorm running statistics on this many training batches
   # ("precise BN") before validating and saving; 0: keep the running averages (as the seed did).
   config.bn_recalibration_batches = 0
-  # >0 (e.g. 0.999): also keep an exponential moving average of the parameters, updated every
+  # >0 (e.g. 0.9995): also keep a (bias-corrected) moving average of the parameters, updated every
   # step; it is what is validated, early-stopped on, restored and evaluated (needs
   # bn_recalibration_batches > 0 for its BatchNorm statistics).
   config.ema_decay = 0.0

@@ -76,8 +76,9 @@ def train_step(state: TrainState, batch, rng, loss_spec: losses_lib.LossSpec = S
 
     grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-    if state.ema_decay:  # The usual warm-up: the average forgets its start quickly.
-        decay = jnp.minimum(state.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    if state.ema_decay:  # Bias-corrected: step t's average weighs step s's params ~ d^(t-s).
+        d, t = state.ema_decay, state.step.astype(jnp.float32)
+        decay = d * (1.0 - d ** (t - 1.0)) / (1.0 - d ** t)
         state = state.replace(ema_params=jax.tree.map(
             lambda ema, p: decay * ema + (1.0 - decay) * p, state.ema_params, state.params))
     return state, metrics

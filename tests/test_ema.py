@@ -28,12 +28,16 @@ def test_ema_follows_the_parameters_with_warm_up(tmp_path):
     batch = {"image": rng.integers(0, 255, (16, 80, 60, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, 16).astype(np.int32)}
     step = jax.jit(train.train_step, donate_argnums=0)
-    state, _ = step(state, batch, jax.random.key(0))
-    decay = min(0.9, 2 / 11)  # Warm-up at step 1.
-    for ema, new, old in zip(jax.tree.leaves(jax.device_get(state.ema_params)),
-                             jax.tree.leaves(jax.device_get(state.params)),
-                             jax.tree.leaves(start)):
-        np.testing.assert_allclose(ema, decay * old + (1 - decay) * new, rtol=1e-5, atol=1e-7)
+    params = [start]
+    for _ in range(3):
+        state, _ = step(state, batch, jax.random.key(0))
+        params.append(jax.device_get(state.params))
+    # The bias-corrected average of steps 1-3 weighs them 0.81, 0.9, 1 (the start not at all).
+    weights = np.array([0.0, 0.81, 0.9, 1.0]) / 2.71
+    expected = jax.tree.map(lambda *p: sum(w * x for w, x in zip(weights, p)), *params)
+    jax.tree.map(lambda ema, e: np.testing.assert_allclose(ema, e, rtol=1e-4, atol=1e-6),
+                 jax.device_get(state.ema_params), expected)
+    assert not np.allclose(jax.tree.leaves(expected)[0], jax.tree.leaves(params[-1])[0])
     assert state.for_evaluation().params is state.ema_params
     with pytest.raises(ValueError, match="bn_recalibration_batches"):
         _state(tiny_config(tmp_path, ema_decay=0.9))
