@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["32", "128", "256"], "Batch sizes to measure.")
 flags.DEFINE_list("frameworks", ["jax", "torch", "keras"],
-                  "Frameworks to measure: jax, jax_xla_conv, torch, keras.")
+                  "Frameworks to measure: jax, jax_xla_conv, jax_small_resnet, torch, keras.")
 flags.DEFINE_float("seconds", 15.0, "Minimum timed seconds per measurement.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
@@ -65,12 +65,13 @@ def time_steps(step, sync, batch_size):
         return first, steps * batch_size / elapsed
 
 
-def bench_jax(batch_size, conv_impl="auto"):
+def bench_jax(batch_size, conv_impl="auto", model_name="seed_cnn"):
   import jax
   from configs import default
   from fashion_jax import models, optim, train
   config = default.get_config()
   config.model.conv_impl = conv_impl
+  config.model.name = model_name
   model = models.create_model(config.model, NUM_CLASSES)
   state = train.create_train_state(config, model, optim.create_learning_rate_fn(config.optimizer),
                                    (HEIGHT, WIDTH, 3))
@@ -143,7 +144,10 @@ def bench_keras(batch_size):
 
 WORKERS = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras,
            # fashion_jax with XLA's own convolution instead of im2col (the default on CPU).
-           "jax_xla_conv": lambda batch_size: bench_jax(batch_size, "xla")}
+           "jax_xla_conv": lambda batch_size: bench_jax(batch_size, "xla"),
+           # The other backbone (configs/multi_head_resnet.py), single head; not in the default.
+           "jax_small_resnet": lambda batch_size: bench_jax(batch_size,
+                                                            model_name="small_resnet")}
 
 
 def run_worker():
