@@ -7,6 +7,7 @@ resumes from the latest checkpoint and ends with the same parameters as an unint
 import functools
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -143,9 +144,10 @@ def create_loss_spec(config, data: dataset.FashionData) -> losses_lib.LossSpec:
                                class_weights=class_weights)
 
 
-def create_train_state(config, model, learning_rate_fn, image_shape,
-                       sharding=None) -> TrainState:
-    """Initialises parameters (from `init_seed`, else `seed`) and optimizer state, replicated."""
+def create_train_state(config, model, learning_rate_fn, image_shape, sharding=None,
+                       load_init_checkpoint: bool = True) -> TrainState:
+    """Initialises parameters (from `init_seed`, else `seed`, or --config.init_checkpoint unless
+    `load_init_checkpoint` is False, as when resuming) and optimizer state, replicated."""
     init_seed = config.seed if config.init_seed is None else config.init_seed
     tx = optim.create_optimizer(config.optimizer, learning_rate_fn)
 
@@ -160,7 +162,8 @@ def create_train_state(config, model, learning_rate_fn, image_shape,
         return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                                  batch_stats=variables["batch_stats"], ema_decay=ema_decay)
     state = jax.jit(init, out_shardings=sharding)()
-    state = restore.init_from_checkpoint(config, state)  # If --config.init_checkpoint is set.
+    if load_init_checkpoint:
+        state = restore.init_from_checkpoint(config, state)  # If --config.init_checkpoint is set.
     if ema_decay:  # The average starts at the initial parameters (own buffers: state is donated).
         copy = jax.jit(lambda tree: jax.tree.map(lambda x: x * 1, tree), out_shardings=sharding)
         state = state.replace(ema_params=copy(state.params),
@@ -294,7 +297,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loss_spec = create_loss_spec(config, data)
     sampling = input_pipeline.sampling_probabilities(train.labels, config.data.sampling)
     learning_rate_fn = optim.create_learning_rate_fn(config.optimizer)
-    state = create_train_state(config, model, learning_rate_fn, image_shape, dp.replicated)
+    # A resumed run takes everything from its own checkpoint, not from --config.init_checkpoint.
+    resuming = os.path.isdir(checkpointing.checkpoint_dir(workdir)) and bool(
+        checkpointing.create_manager(workdir, read_only=True).all_steps())
+    state = create_train_state(config, model, learning_rate_fn, image_shape, dp.replicated,
+                               load_init_checkpoint=not resuming)
     parameter_counts = count_parameters(state)
     run_steps = TrainStepRunner(dp, train, config, loss_spec)
     logging.info("Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",

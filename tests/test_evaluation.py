@@ -274,6 +274,19 @@ def test_init_checkpoint_starts_training_from_a_runs_parameters(runs):
                                     like=restore.model_shapes(narrow, (80, 60, 3)))
 
 
+def test_resuming_a_run_does_not_read_its_init_checkpoint_again(runs, tmp_path):
+    source = tmp_path / "init_source"
+    shutil.copytree(runs["adam"], source)
+    workdir = tmp_path / "from_init"
+    config = tiny_config(runs["data"], init_checkpoint=str(source), num_epochs=1,
+                         **{"data.cache_dir": str(runs["cache"])})
+    train.train_and_evaluate(config, str(workdir))
+    shutil.rmtree(source)  # Gone: a resume must take everything from its own checkpoints.
+    config.num_epochs = 2
+    summary = train.train_and_evaluate(config, str(workdir))
+    assert summary["epochs_run"] == 2
+
+
 # ---- Refusals and the command line -----------------------------------------------------------
 
 def test_refuses_workdirs_with_different_splits_or_classes(runs, tmp_path):
