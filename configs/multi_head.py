@@ -1,4 +1,5 @@
-"""One network, one head per product attribute (Adam, as Model 1), on the seed's split.
+"""One network, one head per product attribute (configs/adam.py's Adam, weight average and
+precise BN), on the seed's split.
 
   python run_train.py --config=configs/multi_head.py --workdir=runs/multi_head
   python run_eval.py --workdirs=runs/multi_head --output_dir=eval/multi_head
