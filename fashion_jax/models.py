@@ -182,6 +182,12 @@ MODELS = {"seed_cnn": SeedCNN, "small_resnet": SmallResNet}
 MODEL_FIELDS = {f.name for model in MODELS.values() for f in dataclasses.fields(model)}
 
 
+def output_classes(class_names, heads=None):
+    """create_model's `num_classes` for a run: {head: class count} with several heads, else the
+    number of `class_names`."""
+    return {h: len(c) for h, c in heads.items()} if heads else len(class_names)
+
+
 def create_model(model_config, num_classes) -> nn.Module:
     """Builds the model named by `model_config.name` from the remaining fields.
 

@@ -81,9 +81,8 @@ def open_run(workdir: str, name: Optional[str] = None) -> Run:
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
     model_config = _hashable(meta["model"])
     heads = {h: tuple(c) for h, c in meta["heads"].items()} if meta.get("heads") else None
-    model = models.create_model(
-        ml_collections.ConfigDict(model_config),
-        {h: len(c) for h, c in heads.items()} if heads else len(meta["class_names"]))
+    model = models.create_model(ml_collections.ConfigDict(model_config),
+                                models.output_classes(meta["class_names"], heads))
     return Run(workdir=workdir, name=name or os.path.basename(workdir), manager=manager,
                class_names=tuple(meta["class_names"]), model_config=model_config,
                image_shape=tuple(meta["image_shape"]), config=config, model=model, heads=heads,

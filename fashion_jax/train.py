@@ -291,9 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     image_shape = train.images.shape[1:]
 
     # --- Model, loss, optimizer, state ---
-    model = models.create_model(
-        config.model, {h: len(c) for h, c in data.heads.items()} if data.heads
-        else len(data.class_names))
+    model = models.create_model(config.model,
+                                models.output_classes(data.class_names, data.heads))
     loss_spec = create_loss_spec(config, data)
     sampling = input_pipeline.sampling_probabilities(train.labels, config.data.sampling)
     learning_rate_fn = optim.create_learning_rate_fn(config.optimizer)
