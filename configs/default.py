@@ -52,6 +52,10 @@ def get_config():
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"  # adam, sgd or rmsprop.
   config.optimizer.learning_rate = 1e-3
+  # "exponential" (the seed's: lr * decay_rate ** (step / decay_steps)) or "cosine" (warm-up,
+  # then cosine decay to 0 at decay_steps; 0 = at the end of num_epochs).
+  config.optimizer.schedule = "exponential"
+  config.optimizer.warmup_steps = 0  # cosine only.
   config.optimizer.decay_steps = 10000
   config.optimizer.decay_rate = 0.9
   config.optimizer.staircase = False
@@ -61,6 +65,14 @@ def get_config():
   config.optimizer.momentum = 0.0
   config.optimizer.nesterov = False
   config.optimizer.rho = 0.9
+  # On kernels only (not biases, not BatchNorm): decoupled for adam (AdamW), else added to the
+  # gradient as an L2 penalty. 0 = none, as in the seed.
+  config.optimizer.weight_decay = 0.0
+
+  # Training-time augmentation inside the jitted step (fashion_jax/augment.py); off in the seed.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip = False  # Mirror left-right with probability 1/2.
+  config.augment.max_shift = 0  # Shift by up to this many pixels in y and x (edges repeated).
 
   config.loss = ml_collections.ConfigDict()
   config.loss.head_weights = ()  # One per head of data.head_columns; default 1 each.

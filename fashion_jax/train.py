@@ -20,6 +20,7 @@ from flax import struct
 from flax.training import train_state
 from tqdm import tqdm
 
+from fashion_jax import augment as augment_lib
 from fashion_jax import batch_norm
 from fashion_jax import checkpointing
 from fashion_jax import dataset
@@ -61,16 +62,20 @@ scale_images = models.scale_images
 SINGLE_HEAD = losses_lib.LossSpec(heads=("label",))
 
 
-def train_step(state: TrainState, batch, rng, loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
+def train_step(state: TrainState, batch, rng, loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+               augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT):
     """One optimizer step; returns (new state, summed metrics of the batch).
 
     `loss_spec` (static) describes the heads and class weights; see fashion_jax/losses.py.
+    `augment` (static) flips/shifts the uint8 images first; see fashion_jax/augment.py.
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
+    images = augment_lib.augment_images(batch["image"], jax.random.fold_in(dropout_rng, 1),
+                                        augment)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, scale_images(batch["image"]),
+            {"params": params, "batch_stats": state.batch_stats}, scale_images(images),
             train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
         losses, metrics = losses_lib.loss_and_metrics(logits, batch["label"], loss_spec)
         return losses.mean(), (metrics, updates)
@@ -86,12 +91,13 @@ def train_step(state: TrainState, batch, rng, loss_spec: losses_lib.LossSpec = S
 
 
 def train_steps_on_device_data(state: TrainState, images, labels, indices, rng,
-                               loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
+                               loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+                               augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT):
     """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
     device-resident uint8 `images` and `labels` by a row of `indices` [k, B]."""
     def one_step(state, batch_indices):
         return train_step(state, {"image": images[batch_indices],
-                                  "label": labels[batch_indices]}, rng, loss_spec)
+                                  "label": labels[batch_indices]}, rng, loss_spec, augment)
     state, metrics = jax.lax.scan(one_step, state, indices)
     return state, jax.tree.map(lambda m: m.sum(0), metrics)
 
@@ -198,6 +204,7 @@ class TrainStepRunner:
     def __init__(self, data_parallel: parallel.DataParallel, subset: dataset.Subset, config,
                  loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
         self.dp, self.subset = data_parallel, subset
+        augment = augment_lib.from_config(config.get("augment"))
         choice = str(config.data_on_device).lower()
         if choice not in ("auto", "true", "false"):
             raise ValueError(f"--config.data_on_device={config.data_on_device!r}: use auto, "
@@ -209,14 +216,16 @@ class TrainStepRunner:
             self.images = data_parallel.replicate(subset.images)
             self.labels = data_parallel.replicate(subset.labels)
             self._run = jax.jit(
-                functools.partial(train_steps_on_device_data, loss_spec=loss_spec),
+                functools.partial(train_steps_on_device_data, loss_spec=loss_spec,
+                                  augment=augment),
                 donate_argnums=(0,),
                 in_shardings=(replicated, replicated, replicated, data_parallel.chunk_sharded,
                               replicated),
                 out_shardings=(replicated, replicated))
         else:
             self._run = jax.jit(
-                functools.partial(train_step, loss_spec=loss_spec), donate_argnums=(0,),
+                functools.partial(train_step, loss_spec=loss_spec, augment=augment),
+                donate_argnums=(0,),
                 in_shardings=(replicated, data_parallel.batch_sharded, replicated),
                 out_shardings=(replicated, replicated))
 
@@ -295,7 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 models.output_classes(data.class_names, data.heads))
     loss_spec = create_loss_spec(config, data)
     sampling = input_pipeline.sampling_probabilities(train.labels, config.data.sampling)
-    learning_rate_fn = optim.create_learning_rate_fn(config.optimizer)
+    learning_rate_fn = optim.create_learning_rate_fn(
+        config.optimizer,
+        config.num_epochs * input_pipeline.steps_per_epoch(len(train), config.batch_size))
     # A resumed run takes everything from its own checkpoint, not from --config.init_checkpoint.
     resuming = os.path.isdir(checkpointing.checkpoint_dir(workdir)) and bool(
         checkpointing.create_manager(workdir, read_only=True).all_steps())

@@ -1,0 +1,100 @@
+"""Augmentation (flip, shift) and the optimizer options (cosine schedule, weight decay)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default
+from fashion_jax import augment
+from fashion_jax import optim
+
+
+def distinct_images(n=64, height=8, width=6):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+def test_no_augmentation_returns_the_batch():
+    images = distinct_images()
+    out = augment.augment_images(jnp.asarray(images), jax.random.key(0), augment.NO_AUGMENT)
+    np.testing.assert_array_equal(out, images)
+
+
+def test_flip_mirrors_some_images_and_keeps_the_others():
+    images = distinct_images()
+    spec = augment.AugmentSpec(flip=True)
+    out = np.asarray(jax.jit(augment.augment_images, static_argnums=2)(
+        jnp.asarray(images), jax.random.key(1), spec))
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, images)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 16 < sum(flipped) < 48  # About half of 64.
+    again = augment.augment_images(jnp.asarray(images), jax.random.key(1), spec)
+    np.testing.assert_array_equal(again, out)  # Same key, same batch.
+    other = augment.augment_images(jnp.asarray(images), jax.random.key(2), spec)
+    assert not np.array_equal(other, out)
+
+
+def test_shift_is_a_crop_of_the_edge_padded_image():
+    images = distinct_images()
+    s = 2
+    out = np.asarray(augment.augment_images(jnp.asarray(images), jax.random.key(3),
+                                            augment.AugmentSpec(max_shift=s)))
+    offsets = set()
+    for o, image in zip(out, images):
+        padded = np.pad(image, ((s, s), (s, s), (0, 0)), mode="edge")
+        matches = [(dy, dx) for dy in range(2 * s + 1) for dx in range(2 * s + 1)
+                   if np.array_equal(padded[dy:dy + 8, dx:dx + 6], o)]
+        assert matches, "an output is not a shifted copy of its input"
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # Offsets vary from image to image (25 possible).
+
+
+def test_negative_shift_is_refused():
+    config = ml_collections.ConfigDict({"flip": False, "max_shift": -1})
+    with pytest.raises(ValueError, match="--config.augment.max_shift=-1"):
+        augment.from_config(config)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_run_end():
+    opt = default.get_config().optimizer
+    opt.schedule, opt.learning_rate, opt.warmup_steps, opt.decay_steps = "cosine", 2e-3, 10, 0
+    lr = optim.create_learning_rate_fn(opt, total_steps=110)
+    assert float(lr(0)) == 0.0
+    assert float(lr(5)) == pytest.approx(1e-3)
+    assert float(lr(10)) == pytest.approx(2e-3)
+    assert float(lr(60)) == pytest.approx(1e-3)  # Half-way through the cosine.
+    assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
+    opt.decay_steps = 5
+    with pytest.raises(ValueError, match="must exceed warmup_steps=10"):
+        optim.create_learning_rate_fn(opt, total_steps=110)
+    opt.schedule = "linear"
+    with pytest.raises(ValueError, match="--config.optimizer.schedule='linear'"):
+        optim.create_learning_rate_fn(opt, total_steps=110)
+
+
+def test_exponential_schedule_is_the_seeds():
+    opt = default.get_config().optimizer
+    lr = optim.create_learning_rate_fn(opt, total_steps=123)  # total_steps unused.
+    assert float(lr(10000)) == pytest.approx(1e-3 * 0.9)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_weight_decay_shrinks_kernels_only(name):
+    opt = default.get_config().optimizer
+    opt.name, opt.weight_decay = name, 0.1
+    tx = optim.create_optimizer(opt, optim.create_learning_rate_fn(opt))
+    params = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,)), "scale": jnp.ones((2,))}
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    # lr 1e-3 * decay 0.1 on the kernel; nothing on the bias and BatchNorm scale.
+    np.testing.assert_allclose(updates["kernel"], -1e-4, rtol=1e-5)
+    np.testing.assert_array_equal(updates["bias"], 0.0)
+    np.testing.assert_array_equal(updates["scale"], 0.0)
+    opt.weight_decay = 0.0
+    tx = optim.create_optimizer(opt, optim.create_learning_rate_fn(opt))
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates["kernel"], 0.0)
