@@ -61,6 +61,9 @@ flags.DEFINE_integer("top_k", 3, "With --predict: labels and probabilities per i
 flags.DEFINE_float("review_threshold", None, "With --predict: add a needs_review column, 1 where "
                    "the top-1 probability is below this (e.g. the report's review threshold).")
 flags.DEFINE_bool("progress_bar", True, "Show progress bars.")
+flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation: flip averages the "
+                  "probabilities of each image and its mirror image (for runs trained with "
+                  "--config.augment.flip).")
 flags.DEFINE_string("head", "", "Multi-head runs: evaluate this head only (default: every head, "
                     "each in <output_dir>/<head>/, plus heads.md and the hierarchy check).")
 
@@ -87,7 +90,7 @@ def options_from_flags():
       soups=tuple(FLAGS.soups), bn_batches=FLAGS.bn_batches, bn_batch_size=FLAGS.bn_batch_size,
       batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
       target_precision=FLAGS.target_precision, gallery_size=FLAGS.gallery_size,
-      head=FLAGS.head,
+      head=FLAGS.head, tta=FLAGS.tta,
       data_dir=FLAGS.data_dir, progress_bar=FLAGS.progress_bar)
 
 

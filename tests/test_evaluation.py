@@ -152,6 +152,24 @@ def test_ensemble_of_one_model_equals_the_model(runs):
     assert weighted.details["weights"] == [1.0, 0.0]
 
 
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror(runs):
+    ctx = runner.build_context([str(runs["adam"])], context.EvalOptions(
+        subsets=("val",), batch_size=16, tta="flip"))
+    single, = evaluators.EVALUATORS["single"](ctx)
+    checkpoint = ctx.checkpoints[0]
+    images, _, _ = own_subset(runs, "val")
+    expected = (own_probabilities(checkpoint.run.model, checkpoint.variables, images)
+                + own_probabilities(checkpoint.run.model, checkpoint.variables,
+                                    images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(np.exp(single.log_probs["val"]), expected, atol=1e-5)
+    plain = own_probabilities(checkpoint.run.model, checkpoint.variables, images)
+    assert np.abs(plain - expected).max() > 1e-4  # The mirror changes the prediction.
+    mixture = runner._predictor(ctx, "single")[0]
+    np.testing.assert_allclose(np.exp(mixture(images[:5])), expected[:5], atol=1e-5)
+    with pytest.raises(context.EvalError, match="--tta=rotate"):
+        context.EvalOptions(tta="rotate")
+
+
 # ---- Soups -----------------------------------------------------------------------------------
 
 def test_uniform_soup_of_identical_parameters_equals_them(runs):

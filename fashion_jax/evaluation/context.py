@@ -38,6 +38,7 @@ class EvalOptions:
     data_dir: str = ""                             # Else the training config's, else env.
     progress_bar: bool = False
     head: str = ""                                 # Multi-head runs: a head, "all" or "" (first).
+    tta: str = "none"                              # Test-time augmentation: none or flip.
 
     def __post_init__(self):
         if self.soup_ingredients not in ("auto", "workdirs", "last_epochs"):
@@ -56,6 +57,8 @@ class EvalOptions:
         if not 0 < self.target_precision <= 1:
             raise EvalError(f"--target_precision={self.target_precision} must be in (0, 1], "
                             "e.g. 0.995.")
+        if self.tta not in predictor.TTA_MODES:
+            raise EvalError(f"--tta={self.tta}: use one of {', '.join(predictor.TTA_MODES)}.")
         for flag in ("batch_size", "ece_bins"):
             if getattr(self, flag) < 1:
                 raise EvalError(f"--{flag}={getattr(self, flag)} must be at least 1.")
@@ -93,7 +96,7 @@ class Context:
         logging.info("Predicting %s on %s (%d images).", key or "a soup candidate", subset,
                      len(images))
         result = predictor.predict_array(model, variables, images, self.options.batch_size,
-                                         self.head)
+                                         self.head, self.options.tta)
         if key is not None:
             self._memo[key, subset] = result
         return result

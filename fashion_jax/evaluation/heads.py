@@ -68,7 +68,8 @@ def hierarchy_evaluation(checkpoint: restore.Checkpoint, split: pd.DataFrame, su
     for subset in subsets:
         rows = split[split["subset"] == subset]
         log_probs = predictor.predict_array(run.model, checkpoint.variables,
-                                            data.subset(subset).images, options.batch_size)
+                                            data.subset(subset).images, options.batch_size,
+                                            tta=options.tta)
         result["subsets"][subset] = hierarchy.hierarchy_report(
             [log_probs[h] for h in heads], label_matrix(rows, run, heads), allowed, heads)
     return result

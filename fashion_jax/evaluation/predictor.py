@@ -3,36 +3,52 @@
 Predictions are log-probabilities [N, num_classes] (float32): the loss stays finite for confident
 mistakes, and an ensemble is the exact log of its weighted mean of probabilities. A multi-head
 model gives one such array per head ({head: [N, C_h]}), or only the `head` asked for.
+
+Test-time augmentation (`tta="flip"`): each image's prediction is the mean of the probabilities
+of the image and of its mirror image, for models trained with --config.augment.flip.
 """
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fashion_jax import input_pipeline
 from fashion_jax import train
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def log_probabilities(model, variables, images, head=None):
+TTA_MODES = ("none", "flip")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def log_probabilities(model, variables, images, head=None, tta="none"):
     """Eval-mode log-softmax for a uint8 batch; compiled once per model config and batch shape.
     Multi-head models: {head: log-probs}, or only `head`'s."""
-    logits = train.predict_logits(model.apply, variables, images)
-    if isinstance(logits, dict) and head is not None:
-        logits = logits[head]
-    return jax.tree.map(jax.nn.log_softmax, logits)
+    def predict(batch):
+        logits = train.predict_logits(model.apply, variables, batch)
+        if isinstance(logits, dict) and head is not None:
+            logits = logits[head]
+        return jax.tree.map(jax.nn.log_softmax, logits)
+
+    if tta == "none":
+        return predict(images)
+    if tta != "flip":
+        raise ValueError(f"--tta={tta}: use one of {TTA_MODES}")
+    return jax.tree.map(lambda a, b: jnp.logaddexp(a, b) - jnp.log(2.0),
+                        predict(images), predict(images[:, :, ::-1]))
 
 
-def predict_array(model, variables, images: np.ndarray, batch_size: int, head=None):
+def predict_array(model, variables, images: np.ndarray, batch_size: int, head=None,
+                  tta: str = "none"):
     """Log-probabilities for every image, in padded batches of one shape (no recompilation)."""
     outputs, masks = [], []
     for batch in input_pipeline.eval_batches(images, None, batch_size):
-        outputs.append(log_probabilities(model, variables, batch["image"], head))
+        outputs.append(log_probabilities(model, variables, batch["image"], head, tta))
         masks.append(batch["mask"] > 0)
     if not outputs:
         shapes = jax.eval_shape(log_probabilities, model, variables,
-                                np.zeros((1,) + images.shape[1:], np.uint8), head)
+                                np.zeros((1,) + images.shape[1:], np.uint8), head, tta)
         return jax.tree.map(lambda s: np.zeros((0,) + s.shape[1:], np.float32), shapes)
     outputs = jax.device_get(outputs)
     return jax.tree.map(lambda *parts: np.concatenate([p[m] for p, m in zip(parts, masks)]),
@@ -63,13 +79,14 @@ def mix(log_probs: list, weights) -> np.ndarray:
 class Mixture:
     """A predict function for batches of new images: one model, an ensemble or a soup."""
 
-    def __init__(self, members: list, weights=None):
+    def __init__(self, members: list, weights=None, tta: str = "none"):
         self.members = members   # (flax module, variables) pairs; their classes must agree.
         self.weights = normalized_weights(weights, len(members))
+        self.tta = tta
 
     def __call__(self, images: np.ndarray):
         """Log-probs [N, C], or {head: [N, C_h]} for multi-head models."""
-        outputs = jax.device_get([log_probabilities(model, variables, images)
+        outputs = jax.device_get([log_probabilities(model, variables, images, None, self.tta)
                                   for model, variables in self.members])
         if isinstance(outputs[0], dict):
             return {head: mix([np.asarray(o[head]) for o in outputs], self.weights)

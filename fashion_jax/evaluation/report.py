@@ -55,6 +55,7 @@ def build(ctx, entries: list, evaluator_names: list) -> dict:
         "checkpoint": ctx.options.checkpoint, "subsets": list(ctx.options.subsets),
         "evaluators": evaluator_names, "class_names": ctx.class_names, "head": ctx.head,
         "ece_bins": ctx.options.ece_bins, "target_precision": ctx.options.target_precision,
+        "tta": ctx.options.tta,
         "results": results,
         "seed_reference": SEED_REFERENCE, "warnings": list(ctx.warnings)}
 
@@ -144,7 +145,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Evaluation report ({report['created']})", "",
              f"Checkpoint: `{report['checkpoint']}`; subsets: {', '.join(report['subsets'])}; "
              f"evaluators: {', '.join(report['evaluators'])}; classes: "
-             f"{', '.join(report['class_names'])}; ECE with {report['ece_bins']} bins.", "",
+             f"{', '.join(report['class_names'])}; ECE with {report['ece_bins']} bins; test-time "
+             f"augmentation: {report.get('tta', 'none')}.", "",
              _table(["run", "workdir", "step", "epoch", "optimizer", "initialisation"],
                     [[r["name"], f"`{r['workdir']}`", r["step"], _or_dash(r["epoch"]),
                       r["optimizer"], r["initialisation"]] for r in report["runs"]])]

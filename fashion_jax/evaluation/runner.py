@@ -127,14 +127,16 @@ def _predictor(ctx, predict_with: str):
             raise EvalError(f"--predict_with=single needs one workdir, got "
                             f"{len(ctx.checkpoints)}; use ensemble or a soup.")
         checkpoint = ctx.checkpoints[0]
-        return predictor.Mixture([(checkpoint.run.model, checkpoint.variables)]), checkpoint.name
+        return (predictor.Mixture([(checkpoint.run.model, checkpoint.variables)],
+                                  tta=ctx.options.tta), checkpoint.name)
     if predict_with == "ensemble":
         members = [(c.run.model, c.variables) for c in ctx.checkpoints]
-        return (predictor.Mixture(members, ctx.options.ensemble_weights),
+        return (predictor.Mixture(members, ctx.options.ensemble_weights, ctx.options.tta),
                 "ensemble of " + ", ".join(c.name for c in ctx.checkpoints))
     kind = predict_with.removesuffix("_soup")
     ingredients, _, soups = soup_lib.cook(ctx, (kind,))
-    return (predictor.Mixture([(ingredients[0].run.model, soups[0].variables)]),
+    return (predictor.Mixture([(ingredients[0].run.model, soups[0].variables)],
+                              tta=ctx.options.tta),
             f"{kind} soup of " + ", ".join(soups[0].details["ingredients"]))
 
 
