@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["32", "128", "256"], "Batch sizes to measure.")
 flags.DEFINE_list("frameworks", ["jax", "torch", "keras"],
-                  "Frameworks to measure: jax, jax_xla_conv, jax_small_resnet, torch, keras.")
+                  "Frameworks to measure: jax, jax_im2col, jax_xla_conv, jax_small_resnet, "
+                  "torch, keras.")
 flags.DEFINE_float("seconds", 15.0, "Minimum timed seconds per measurement.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
@@ -143,7 +144,9 @@ def bench_keras(batch_size):
 
 
 WORKERS = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras,
-           # fashion_jax with XLA's own convolution instead of im2col (the default on CPU).
+           # fashion_jax with other convolutions than the CPU default (Winograd from 16 input
+           # channels, else im2col): im2col everywhere, or XLA's own convolution.
+           "jax_im2col": lambda batch_size: bench_jax(batch_size, "im2col"),
            "jax_xla_conv": lambda batch_size: bench_jax(batch_size, "xla"),
            # The other backbone (configs/multi_head_resnet.py), single head; not in the default.
            "jax_small_resnet": lambda batch_size: bench_jax(batch_size,

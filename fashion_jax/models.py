@@ -4,10 +4,11 @@ Input uint8 or float [B, 80, 60, 3] already scaled to [0, 1]. Three blocks of fi
 [Conv 3x3 VALID -> ReLU -> BatchNorm] twice, MaxPool 2x2, Dropout; then Flatten (3072) -> Dropout ->
 Dense 1024 + ReLU -> Dropout -> Dense(num_classes) logits.
 
-Two formulations chosen for CPU speed keep the parameters and the maths of the Keras layers:
-the 3x3 convolution is an im2col (nine shifted slices concatenated on channels) followed by one
-matrix product, and the 2x2 max pool is a reshape and max. On these CPUs XLA's native convolution
-and `nn.max_pool` (select-and-scatter backward) were markedly slower (see bench/).
+Formulations chosen for CPU speed keep the parameters and the maths of the Keras layers: the 3x3
+convolution is Winograd's F(2x2, 3x3) (fashion_jax/winograd.py) where the input has 16+ channels,
+else an im2col (nine shifted slices concatenated on channels) and one matrix product; the 2x2 max
+pool is a reshape and max. On these CPUs XLA's native convolution and `nn.max_pool`
+(select-and-scatter backward) were markedly slower (see bench/).
 """
 
 import dataclasses
@@ -18,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fashion_jax import winograd
+
 keras_kernel_init = nn.initializers.glorot_uniform()
 
 
@@ -26,25 +29,37 @@ def scale_images(images):
     return images.astype(jnp.float32) / 255.0
 
 
-def _resolve_impl(impl: str) -> str:
-    impl = impl if impl != "auto" else ("im2col" if jax.default_backend() == "cpu" else "xla")
-    if impl not in ("im2col", "xla"):
-        raise ValueError(f"--config.model.conv_impl={impl!r}: use auto, im2col or xla")
-    return impl
+CONV_IMPLS = ("auto", "winograd", "im2col", "xla")
+WINOGRAD_MIN_CHANNELS = 16  # Below this (the 3-channel input) im2col is faster on CPU.
+
+
+def _resolve_impl(impl: str, in_channels: int, strides: int) -> str:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"--config.model.conv_impl={impl!r}: use one of {', '.join(CONV_IMPLS)}")
+    if impl == "auto":
+        if jax.default_backend() != "cpu":
+            return "xla"
+        impl = "winograd" if in_channels >= WINOGRAD_MIN_CHANNELS else "im2col"
+    return "im2col" if impl == "winograd" and strides != 1 else impl
 
 
 def conv3x3(x, kernel, strides: int = 1, padding: int = 0, impl: str = "auto"):
     """3x3 convolution of NHWC `x` with an HWIO `kernel`, zero `padding` on each side.
 
-    "im2col": the nine (strided) shifted slices concatenated on channels and one matmul, faster on
-    CPU; "xla": lax.conv_general_dilated (cuDNN on GPU); "auto": im2col on CPU, else xla.
+    "winograd": F(2x2, 3x3) (stride 1 only; strided convolutions use im2col); "im2col": the nine
+    (strided) shifted slices concatenated on channels and one matmul; "xla":
+    lax.conv_general_dilated (cuDNN on GPU); "auto": on CPU winograd when the input has 16+
+    channels, else im2col; elsewhere xla.
     """
-    if _resolve_impl(impl) == "xla":
+    impl = _resolve_impl(impl, x.shape[-1], strides)
+    if impl == "xla":
         return jax.lax.conv_general_dilated(
             x, kernel, (strides, strides), [(padding, padding)] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if padding:
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    if impl == "winograd":
+        return winograd.conv3x3_valid(x, kernel)
     height = (x.shape[1] - 3) // strides + 1
     width = (x.shape[2] - 3) // strides + 1
     patches = jnp.concatenate(

@@ -21,7 +21,7 @@ def test_seed_cnn_parameter_count_matches_keras():
     assert variables["params"]["Dense_0"]["kernel"].shape == (3072, 1024)
 
 
-@pytest.mark.parametrize("impl", ["im2col", "xla", "auto"])
+@pytest.mark.parametrize("impl", ["im2col", "xla", "auto", "winograd"])
 def test_conv_implementations_equal_flax_conv(impl):
     x = jax.random.normal(jax.random.key(1), (2, 11, 9, 5))
     ours = models.Conv3x3Valid(7, impl)
@@ -32,6 +32,37 @@ def test_conv_implementations_equal_flax_conv(impl):
     assert expected.shape == (2, 9, 7, 7)
     with pytest.raises(ValueError, match="conv_impl='cudnn'"):
         models.Conv3x3Valid(7, "cudnn").init(jax.random.key(2), x)
+
+
+@pytest.mark.parametrize("height,width,channels,strides,padding", [
+    (12, 10, 16, 1, 0),   # Even output (10x8): whole Winograd tiles.
+    (15, 10, 32, 1, 0),   # Odd output rows (13x8), as in the seed CNN's last block.
+    (9, 7, 16, 1, 1),     # Zero padding (SmallResNet).
+    (9, 8, 16, 2, 1),     # Strided: falls back to im2col.
+])
+def test_winograd_conv_and_its_gradients_equal_xla_conv(height, width, channels, strides,
+                                                        padding):
+    x = jax.random.normal(jax.random.key(4), (2, height, width, channels))
+    kernel = jax.random.normal(jax.random.key(5), (3, 3, channels, 24)) * 0.2
+
+    def loss(impl):
+        return lambda x, k: jnp.sum(jnp.sin(models.conv3x3(x, k, strides, padding, impl)))
+    np.testing.assert_allclose(models.conv3x3(x, kernel, strides, padding, "winograd"),
+                               models.conv3x3(x, kernel, strides, padding, "xla"),
+                               rtol=1e-4, atol=1e-4)
+    ours = jax.grad(loss("winograd"), argnums=(0, 1))(x, kernel)
+    expected = jax.grad(loss("xla"), argnums=(0, 1))(x, kernel)
+    for a, b in zip(ours, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_auto_conv_uses_winograd_on_cpu_from_16_input_channels():
+    assert jax.default_backend() == "cpu"
+    assert models._resolve_impl("auto", 3, 1) == "im2col"
+    assert models._resolve_impl("auto", 16, 1) == "winograd"
+    assert models._resolve_impl("auto", 32, 2) == "im2col"
+    assert models._resolve_impl("winograd", 32, 2) == "im2col"
+    assert models._resolve_impl("xla", 32, 1) == "xla"
 
 
 def test_max_pool_equals_flax_max_pool_with_odd_sizes():
