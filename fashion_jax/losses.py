@@ -89,14 +89,18 @@ def loss_and_metrics(logits, labels, spec: LossSpec, mask=None):
 
 
 def summarize(sums: dict) -> dict:
-    """Host metric sums -> loss, accuracy (primary head), count, and per-head numbers."""
+    """Host metric sums -> loss, accuracy (primary head), count, and per-head numbers: count/<head>
+    (its labelled rows) and, when there are any, accuracy/<head> and loss/<head> (a head without
+    labelled rows gets no number rather than a made-up 0)."""
     count = float(sums["count"])
     result = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
               "count": int(count)}
     for key in sums:
         if key.startswith("correct/"):
             head = key.split("/", 1)[1]
-            labelled = max(float(sums[f"count/{head}"]), 1.0)
-            result[f"accuracy/{head}"] = float(sums[key]) / labelled
-            result[f"loss/{head}"] = float(sums[f"loss_sum/{head}"]) / labelled
+            labelled = float(sums[f"count/{head}"])
+            result[f"count/{head}"] = int(labelled)
+            if labelled > 0:
+                result[f"accuracy/{head}"] = float(sums[key]) / labelled
+                result[f"loss/{head}"] = float(sums[f"loss_sum/{head}"]) / labelled
     return result

@@ -39,6 +39,12 @@ def test_missing_labels_are_masked_for_their_head_only():
     assert float(masked["count"]) == 2 and float(masked["count/b"]) == 1
     summary = losses.summarize(jax.device_get(sums))
     assert summary["accuracy"] == summary["accuracy/a"]
+    assert summary["count/b"] == 2
+    # A batch where head b has no label at all: no accuracy or loss for b, not a 0.
+    _, unlabelled = losses.loss_and_metrics(logits, labels, SPEC, jnp.array([0., 1., 0., 1.]))
+    unlabelled = losses.summarize(jax.device_get(unlabelled))
+    assert unlabelled["count/b"] == 0 and "accuracy/b" not in unlabelled
+    assert "loss/b" not in unlabelled and unlabelled["count/a"] == 2
     assert summary["loss/b"] == pytest.approx(float(expected[jnp.array([0, 2])].sum()
                                                     - ce(logits["a"], labels[:, 0])[
                                                         jnp.array([0, 2])].sum()) / 2, rel=1e-5)
