@@ -22,9 +22,11 @@ EvalError = context_lib.EvalError
 
 
 def build_context(workdirs: list, options: context_lib.EvalOptions,
-                  head: Optional[str] = None) -> context_lib.Context:
+                  head: Optional[str] = None,
+                  shared_predictions: Optional[dict] = None) -> context_lib.Context:
     """Opens each workdir read-only at --checkpoint; the runs must share split and classes.
-    Multi-head runs are seen through `head` (default: their first)."""
+    Multi-head runs are seen through `head` (default: their first); `shared_predictions` lets
+    the contexts of several heads predict each checkpoint once."""
     if not workdirs:
         raise EvalError("Pass at least one training workdir with --workdirs.")
     if len(set(os.path.abspath(w) for w in workdirs)) != len(workdirs):
@@ -45,7 +47,7 @@ def build_context(workdirs: list, options: context_lib.EvalOptions,
         checkpoints.append(restore.load_checkpoint(run, step))
         logging.info("%s: checkpoint %s -> step %d", run.workdir, options.checkpoint, step)
     data = data_lib.EvalData(runs[0], splits[0], options.data_dir, options.progress_bar)
-    ctx = context_lib.Context(runs, checkpoints, data, options)
+    ctx = context_lib.Context(runs, checkpoints, data, options, shared_predictions)
     ctx.top_classes = heads_lib.top_class_indices(splits[0], ctx.class_names)
     return ctx
 
@@ -63,7 +65,9 @@ def evaluate(workdirs: list, options: context_lib.EvalOptions, output_dir: str) 
     heads = heads_lib.heads_to_evaluate(first, options.head)
     if heads is None:
         return _evaluate_head(workdirs, options, output_dir)
-    reports = {head: _evaluate_head(workdirs, options, os.path.join(output_dir, head), head)
+    shared_predictions = {}
+    reports = {head: _evaluate_head(workdirs, options, os.path.join(output_dir, head), head,
+                                    shared_predictions)
                for head in heads}
     checkpoint = restore.load_checkpoint(first, restore.select_step(first, options.checkpoint))
     hierarchy_result = heads_lib.hierarchy_evaluation(
@@ -74,8 +78,8 @@ def evaluate(workdirs: list, options: context_lib.EvalOptions, output_dir: str) 
 
 
 def _evaluate_head(workdirs: list, options: context_lib.EvalOptions, output_dir: str,
-                   head: Optional[str] = None) -> dict:
-    ctx = build_context(workdirs, options, head)
+                   head: Optional[str] = None, shared_predictions: Optional[dict] = None) -> dict:
+    ctx = build_context(workdirs, options, head, shared_predictions)
     unknown = sorted(set(options.subsets) - set(ctx.data.subset_names()))
     if unknown or not options.subsets:
         raise EvalError(f"--subsets={','.join(options.subsets)}: choose among "
