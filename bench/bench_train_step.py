@@ -180,16 +180,16 @@ def main(argv):
   results = [measure(f, int(b)) for b in FLAGS.batch_sizes for f in FLAGS.frameworks]
   print(f"\nSeed CNN training step, synthetic batch, {os.cpu_count()} CPUs, "
         f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}")
-  print(f"{'framework':<10}{'version':<12}{'batch':>6}{'first step s':>14}{'img/s':>10}"
+  print(f"{'framework':<18}{'version':<12}{'batch':>6}{'first step s':>14}{'img/s':>10}"
         f"{'jax / this':>12}")
   for r in results:
     if "error" in r:
-      print(f"{r['framework']:<10}{'-':<12}{r['batch_size']:>6}  not measured: {r['error']}")
+      print(f"{r['framework']:<18}{'-':<12}{r['batch_size']:>6}  not measured: {r['error']}")
       continue
     jax_rate = next((x["images_per_second"] for x in results if x["framework"] == "jax"
                      and x["batch_size"] == r["batch_size"] and "error" not in x), None)
     ratio = f"{jax_rate / r['images_per_second']:.2f}x" if jax_rate else "-"
-    print(f"{r['framework']:<10}{r['version']:<12}{r['batch_size']:>6}"
+    print(f"{r['framework']:<18}{r['version']:<12}{r['batch_size']:>6}"
           f"{r['first_step_seconds']:>14.2f}{r['images_per_second']:>10.1f}{ratio:>12}")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
