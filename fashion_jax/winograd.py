@@ -3,10 +3,10 @@
 Each 4x4 input tile (stride 2) becomes 16 transformed values, each transformed 3x3 kernel 16
 values; the convolution is then 16 independent [tiles, Cin] x [Cin, Cout] matrix products, and
 each product's 4x4 result folds back into a 2x2 output tile. Against im2col this writes 4 copies of
-the input instead of 9 and does 2.25x fewer multiplications; on these CPUs it trains the seed
-CNN's 3x3 layers with 16 or more input channels 10-20% faster (bench/bench_train_step.py). With 3
-input channels (the first layer) the transforms cost more than they save, so models.conv3x3 keeps
-im2col there. Results equal a direct convolution to float32 rounding (tests/test_models.py).
+the input instead of 9 and does 2.25x fewer multiplications; on these CPUs each of the seed CNN's
+3x3 layers with 16 or more input channels trains 4-21% faster, the whole step 11% (README.md,
+Speed). With 3 input channels (the first layer) the transforms cost more than they save, so
+models.conv3x3 keeps im2col there. Results equal a direct convolution to float32 rounding (tests/test_models.py).
 
 The transforms are sums of strided slices with constant coefficients, so JAX differentiates them
 like any other linear map; no custom gradient is needed.
