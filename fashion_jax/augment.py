@@ -27,12 +27,11 @@ NO_AUGMENT = AugmentSpec()
 
 
 def from_config(augment_config) -> AugmentSpec:
-    if augment_config is None:
-        return NO_AUGMENT
-    max_shift = int(augment_config.get("max_shift", 0))
+    """config.augment -> AugmentSpec; a negative shift is refused, naming the flag."""
+    max_shift = int(augment_config.max_shift)
     if max_shift < 0:
         raise ValueError(f"--config.augment.max_shift={max_shift}: must be >= 0")
-    return AugmentSpec(flip=bool(augment_config.get("flip", False)), max_shift=max_shift)
+    return AugmentSpec(flip=bool(augment_config.flip), max_shift=max_shift)
 
 
 def augment_images(images: jax.Array, rng: jax.Array, spec: AugmentSpec) -> jax.Array:

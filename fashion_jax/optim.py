@@ -11,7 +11,7 @@ def create_learning_rate_fn(opt_config, total_steps: int = 0):
     "cosine": linear warm-up over warmup_steps, then cosine decay to 0 at decay_steps, or at
     `total_steps` (the run's num_epochs * steps per epoch) when decay_steps is 0.
     """
-    schedule = opt_config.get("schedule", "exponential")
+    schedule = opt_config.schedule
     if schedule == "exponential":
         return optax.exponential_decay(
             init_value=opt_config.learning_rate,
@@ -20,7 +20,7 @@ def create_learning_rate_fn(opt_config, total_steps: int = 0):
             staircase=opt_config.staircase)
     if schedule == "cosine":
         decay_steps = opt_config.decay_steps or total_steps
-        warmup = opt_config.get("warmup_steps", 0)
+        warmup = opt_config.warmup_steps
         if decay_steps <= warmup:
             raise ValueError(f"--config.optimizer.decay_steps={decay_steps} (0 = the whole run: "
                              f"{total_steps} steps) must exceed warmup_steps={warmup}")
@@ -38,7 +38,7 @@ def _kernels_only(params):
 def create_optimizer(opt_config, learning_rate_fn) -> optax.GradientTransformation:
     """adam, sgd or rmsprop with Keras' default hyper-parameters unless the config says otherwise."""
     name = opt_config.name
-    weight_decay = float(opt_config.get("weight_decay", 0.0))
+    weight_decay = float(opt_config.weight_decay)
     if name == "adam":
         if weight_decay:  # Decoupled (AdamW): params -= lr * weight_decay * params.
             return optax.adamw(learning_rate_fn, b1=opt_config.beta1, b2=opt_config.beta2,

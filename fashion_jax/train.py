@@ -204,7 +204,7 @@ class TrainStepRunner:
     def __init__(self, data_parallel: parallel.DataParallel, subset: dataset.Subset, config,
                  loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
         self.dp, self.subset = data_parallel, subset
-        augment = augment_lib.from_config(config.get("augment"))
+        augment = augment_lib.from_config(config.augment)
         choice = str(config.data_on_device).lower()
         if choice not in ("auto", "true", "false"):
             raise ValueError(f"--config.data_on_device={config.data_on_device!r}: use auto, "

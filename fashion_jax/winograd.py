@@ -6,7 +6,8 @@ each product's 4x4 result folds back into a 2x2 output tile. Against im2col this
 the input instead of 9 and does 2.25x fewer multiplications; on these CPUs each of the seed CNN's
 3x3 layers with 16 or more input channels trains 4-21% faster, the whole step 11% (README.md,
 Speed). With 3 input channels (the first layer) the transforms cost more than they save, so
-models.conv3x3 keeps im2col there. Results equal a direct convolution to float32 rounding (tests/test_models.py).
+models.conv3x3 keeps im2col there. Results equal a direct convolution to float32 rounding
+(tests/test_models.py).
 
 The transforms are sums of strided slices with constant coefficients, so JAX differentiates them
 like any other linear map; no custom gradient is needed.

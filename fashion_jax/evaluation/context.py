@@ -2,14 +2,14 @@
 
 Predictions of a named checkpoint on a subset are computed once and shared, so the ensemble and
 soup evaluators reuse what the single-model evaluator computed (and vice versa), whichever runs
-first. For multi-head runs every head is predicted at once and shared between the per-head
-contexts (`shared_predictions`), keyed by the exact images, since a head's subset leaves out the
-rows without its label.
+first. For multi-head runs, AllHeadsPredictions predicts every head of a saved checkpoint at once
+and shares it between the per-head contexts and the hierarchy check, keyed by the exact images,
+since a head's subset leaves out the rows without its label.
 """
 
-import hashlib
-
 import dataclasses
+import hashlib
+import os
 from typing import Optional
 
 from absl import logging
@@ -68,18 +68,39 @@ class EvalOptions:
                 raise EvalError(f"--{flag}={getattr(self, flag)} must be at least 1.")
 
 
+class AllHeadsPredictions:
+    """Every head's log-probabilities of saved checkpoints, computed once per (workdir, step,
+    images) and shared by the evaluation of all heads of a multi-head run."""
+
+    def __init__(self, options: EvalOptions):
+        self._options, self._cache = options, {}
+
+    def __call__(self, checkpoint: restore.Checkpoint, subset: str, data) -> dict:
+        """{head: log-probs} of `checkpoint` on `data` (a dataset.Subset named `subset`)."""
+        key = (os.path.realpath(checkpoint.run.workdir), checkpoint.step,
+               hashlib.sha256(data.ids.tobytes()).hexdigest())
+        if key not in self._cache:
+            logging.info("Predicting every head of %s on %s (%d images).", checkpoint.name,
+                         subset, len(data.ids))
+            self._cache[key] = predictor.predict_array(
+                checkpoint.run.model, checkpoint.variables, data.images, self._options.batch_size,
+                None, self._options.tta)
+        return self._cache[key]
+
+
 class Context:
     """The runs (one checkpoint each), their shared split, and memoized predictions."""
 
     def __init__(self, runs: list, checkpoints: list, data: data_lib.EvalData,
-                 options: EvalOptions, shared_predictions: Optional[dict] = None):
+                 options: EvalOptions,
+                 shared_predictions: Optional[AllHeadsPredictions] = None):
         self.runs, self.checkpoints, self.data, self.options = runs, checkpoints, data, options
         if options.ensemble_weights and len(options.ensemble_weights) != len(checkpoints):
             raise EvalError(f"--ensemble_weights has {len(options.ensemble_weights)} values for "
                             f"{len(checkpoints)} workdirs; give one weight per workdir.")
         self.warnings = []
         self._memo = {}
-        self._shared = shared_predictions  # All heads' log-probs, across per-head contexts.
+        self._shared = shared_predictions  # Multi-head runs: all heads' log-probs, shared.
         self.head = runs[0].head           # Multi-head runs: the head evaluated; else None.
         self.top_classes = None            # Class indices for metrics' top_classes_accuracy.
 
@@ -93,25 +114,11 @@ class Context:
         if message not in self.warnings:
             self.warnings.append(message)
 
-    def log_probs(self, model, variables, subset: str, key: Optional[str] = None,
-                  share_across_heads: bool = False) -> np.ndarray:
-        """Log-probabilities on `subset`; memoized under `key` (e.g. a checkpoint's name), and
-        with `share_across_heads` (saved checkpoints, not per-head soups) for every head."""
+    def log_probs(self, model, variables, subset: str, key: Optional[str] = None) -> np.ndarray:
+        """Log-probabilities on `subset`; memoized under `key` (e.g. a checkpoint's name)."""
         if key is not None and (key, subset) in self._memo:
             return self._memo[key, subset]
         images = self.data.subset(subset).images
-        if (share_across_heads and key is not None and self.head is not None
-                and self._shared is not None):
-            ids = self.data.subset(subset).ids
-            shared_key = (key, hashlib.sha256(ids.tobytes()).hexdigest())
-            if shared_key not in self._shared:
-                logging.info("Predicting every head of %s on %s (%d images).", key, subset,
-                             len(images))
-                self._shared[shared_key] = predictor.predict_array(
-                    model, variables, images, self.options.batch_size, None, self.options.tta)
-            result = self._shared[shared_key][self.head]
-            self._memo[key, subset] = result
-            return result
         logging.info("Predicting %s on %s (%d images).", key or "a soup candidate", subset,
                      len(images))
         result = predictor.predict_array(model, variables, images, self.options.batch_size,
@@ -121,8 +128,13 @@ class Context:
         return result
 
     def checkpoint_log_probs(self, checkpoint: restore.Checkpoint, subset: str) -> np.ndarray:
-        return self.log_probs(checkpoint.run.model, checkpoint.variables, subset,
-                              key=checkpoint.name, share_across_heads=True)
+        if self._shared is None or self.head is None:
+            return self.log_probs(checkpoint.run.model, checkpoint.variables, subset,
+                                  key=checkpoint.name)
+        if (checkpoint.name, subset) not in self._memo:
+            self._memo[checkpoint.name, subset] = self._shared(
+                checkpoint, subset, self.data.subset(subset))[self.head]
+        return self._memo[checkpoint.name, subset]
 
     def labels(self, subset: str) -> np.ndarray:
         return self.data.subset(subset).labels

@@ -16,7 +16,6 @@ from fashion_jax import dataset
 from fashion_jax import restore
 from fashion_jax.evaluation import data as data_lib
 from fashion_jax.evaluation import hierarchy
-from fashion_jax.evaluation import predictor
 
 TOP_CLASSES = 20  # Published numbers for this dataset use the 20 most common article types.
 HIERARCHY = ("masterCategory", "subCategory", "articleType")
@@ -53,9 +52,10 @@ def label_matrix(split: pd.DataFrame, run: restore.Run, heads) -> np.ndarray:
 
 
 def hierarchy_evaluation(checkpoint: restore.Checkpoint, split: pd.DataFrame, subsets,
-                         options) -> Optional[dict]:
+                         options, predictions) -> Optional[dict]:
     """Consistency of the independent per-head predictions with the label combinations seen in
-    training, and accuracy of the consistent decoding, per subset (None without 2+ levels)."""
+    training, and accuracy of the consistent decoding, per subset (None without 2+ levels).
+    `predictions`: a context.AllHeadsPredictions, shared with the per-head reports."""
     run = checkpoint.run
     heads = [h for h in HIERARCHY if h in (run.heads or {})]
     if len(heads) < 2:
@@ -67,9 +67,7 @@ def hierarchy_evaluation(checkpoint: restore.Checkpoint, split: pd.DataFrame, su
               "allowed_combinations": int(len(allowed)), "subsets": {}}
     for subset in subsets:
         rows = split[split["subset"] == subset]
-        log_probs = predictor.predict_array(run.model, checkpoint.variables,
-                                            data.subset(subset).images, options.batch_size,
-                                            tta=options.tta)
+        log_probs = predictions(checkpoint, subset, data.subset(subset))
         result["subsets"][subset] = hierarchy.hierarchy_report(
             [log_probs[h] for h in heads], label_matrix(rows, run, heads), allowed, heads)
     return result

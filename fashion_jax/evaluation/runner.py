@@ -23,7 +23,8 @@ EvalError = context_lib.EvalError
 
 def build_context(workdirs: list, options: context_lib.EvalOptions,
                   head: Optional[str] = None,
-                  shared_predictions: Optional[dict] = None) -> context_lib.Context:
+                  shared_predictions: Optional[context_lib.AllHeadsPredictions] = None
+                  ) -> context_lib.Context:
     """Opens each workdir read-only at --checkpoint; the runs must share split and classes.
     Multi-head runs are seen through `head` (default: their first); `shared_predictions` lets
     the contexts of several heads predict each checkpoint once."""
@@ -65,20 +66,21 @@ def evaluate(workdirs: list, options: context_lib.EvalOptions, output_dir: str) 
     heads = heads_lib.heads_to_evaluate(first, options.head)
     if heads is None:
         return _evaluate_head(workdirs, options, output_dir)
-    shared_predictions = {}
+    shared_predictions = context_lib.AllHeadsPredictions(options)
     reports = {head: _evaluate_head(workdirs, options, os.path.join(output_dir, head), head,
                                     shared_predictions)
                for head in heads}
     checkpoint = restore.load_checkpoint(first, restore.select_step(first, options.checkpoint))
     hierarchy_result = heads_lib.hierarchy_evaluation(
-        checkpoint, restore.read_split(first), options.subsets, options)
+        checkpoint, restore.read_split(first), options.subsets, options, shared_predictions)
     heads_lib.write(output_dir, heads_lib.summary(reports, hierarchy_result))
     logging.info("Wrote %s and %s in %s", heads_lib.HEADS_JSON, heads_lib.HEADS_MD, output_dir)
     return reports
 
 
 def _evaluate_head(workdirs: list, options: context_lib.EvalOptions, output_dir: str,
-                   head: Optional[str] = None, shared_predictions: Optional[dict] = None) -> dict:
+                   head: Optional[str] = None,
+                   shared_predictions: Optional[context_lib.AllHeadsPredictions] = None) -> dict:
     ctx = build_context(workdirs, options, head, shared_predictions)
     unknown = sorted(set(options.subsets) - set(ctx.data.subset_names()))
     if unknown or not options.subsets:
