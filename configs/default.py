@@ -79,6 +79,8 @@ def get_config():
   # Per-class weights on the training loss: "none", "balanced" (N / (C * count), as
   # scikit-learn) or "sqrt" (its square root). Validation loss stays unweighted.
   config.loss.class_weighting = "none"
+  # Training targets (1 - e) one-hot + e uniform for every head (0: plain cross-entropy).
+  config.loss.label_smoothing = 0.0
 
   config.batch_size = 32
   config.eval_batch_size = 256

@@ -4,12 +4,15 @@ A single-head model returns logits [B, C] and is trained on labels [B]. A multi-
 {head: logits [B, C_h]} and is trained on labels [B, H] (columns in head order), where -1 marks a
 row without a value for that head: such a row adds nothing to that head's loss or metrics.
 The loss is the weighted sum over heads of each head's cross-entropy, averaged over the batch.
-Optional per-class weights (for imbalanced classes) multiply each example's cross-entropy.
+Optional per-class weights (for imbalanced classes) multiply each example's cross-entropy, and
+optional label smoothing mixes the one-hot target with the uniform distribution. Both are for the
+training loss only: evaluation uses `spec.for_evaluation()`, the plain cross-entropy.
 """
 
 import dataclasses
 from typing import Optional, Tuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -24,12 +27,14 @@ class LossSpec:
     head_weights: Tuple[float, ...] = ()    # Default: 1 for every head.
     multi_head: bool = False                # False: logits [B, C] and labels [B].
     class_weights: Optional[Tuple[Optional[Tuple[float, ...]], ...]] = None  # Per head.
+    label_smoothing: float = 0.0            # Target (1 - e) one-hot + e uniform, every head.
 
     def weight(self, n: int) -> float:
         return self.head_weights[n] if self.head_weights else 1.0
 
-    def without_class_weights(self) -> "LossSpec":
-        return dataclasses.replace(self, class_weights=None)
+    def for_evaluation(self) -> "LossSpec":
+        """The same heads and head weights with the plain cross-entropy."""
+        return dataclasses.replace(self, class_weights=None, label_smoothing=0.0)
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int, mode: str) -> Optional[tuple]:
@@ -49,6 +54,15 @@ def class_weights_for(labels: np.ndarray, num_classes: int, mode: str) -> Option
     if mode == "sqrt":
         weights = np.sqrt(weights)
     return tuple(float(w) for w in weights)
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+    """Per-example cross-entropy [B] against (1 - e) one-hot(labels) + e / C."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if label_smoothing:
+        uniform = -jax.nn.log_softmax(logits.astype(jnp.float32)).mean(-1)
+        losses = (1.0 - label_smoothing) * losses + label_smoothing * uniform
+    return losses
 
 
 def _per_head(logits, labels, spec: LossSpec):
@@ -72,7 +86,7 @@ def loss_and_metrics(logits, labels, spec: LossSpec, mask=None):
     for n, (name, head_logits, head_labels) in enumerate(_per_head(logits, labels, spec)):
         present = (head_labels != MISSING).astype(jnp.float32) * mask
         safe_labels = jnp.maximum(head_labels, 0)
-        losses = optax.softmax_cross_entropy_with_integer_labels(head_logits, safe_labels)
+        losses = cross_entropy(head_logits, safe_labels, spec.label_smoothing)
         if spec.class_weights is not None and spec.class_weights[n] is not None:
             losses = losses * jnp.asarray(spec.class_weights[n], jnp.float32)[safe_labels]
         losses = losses * present

@@ -107,13 +107,13 @@ def predict_logits(apply_fn, variables, images):
 
 
 def eval_step(state: TrainState, batch, loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
-    """Masked sums over one padded eval batch: padding contributes nothing. The loss is
-    unweighted by class (class weights only steer training)."""
+    """Masked sums over one padded eval batch: padding contributes nothing. The loss is the plain
+    cross-entropy (class weights and label smoothing only steer training)."""
     logits = predict_logits(state.apply_fn,
                             {"params": state.params, "batch_stats": state.batch_stats},
                             batch["image"])
     _, metrics = losses_lib.loss_and_metrics(logits, batch["label"],
-                                             loss_spec.without_class_weights(), batch["mask"])
+                                             loss_spec.for_evaluation(), batch["mask"])
     return metrics
 
 
@@ -146,8 +146,11 @@ def create_loss_spec(config, data: dataset.FashionData) -> losses_lib.LossSpec:
     else:
         logging.info("Class weights of the training loss (%s): %s", config.loss.class_weighting,
                      class_weights[0])
+    smoothing = float(config.loss.label_smoothing)
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"--config.loss.label_smoothing={smoothing} must be in [0, 1).")
     return losses_lib.LossSpec(heads=heads, head_weights=weights, multi_head=bool(data.heads),
-                               class_weights=class_weights)
+                               class_weights=class_weights, label_smoothing=smoothing)
 
 
 def create_train_state(config, model, learning_rate_fn, image_shape, sharding=None,

@@ -70,6 +70,41 @@ def test_head_weights_and_class_weights_scale_the_loss():
         losses.class_weights_for(np.array([0, 1]), 2, "inverse")
 
 
+def test_label_smoothing_changes_the_training_loss_only():
+    logits = {"a": jax.random.normal(jax.random.key(2), (4, 3)),
+              "b": jax.random.normal(jax.random.key(3), (4, 5))}
+    labels = jnp.array([[0, 4], [1, -1], [2, 3], [1, -1]], jnp.int32)
+    smoothed_spec = losses.LossSpec(heads=("a", "b"), multi_head=True, label_smoothing=0.1)
+    total, _ = losses.loss_and_metrics(logits, labels, smoothed_spec)
+
+    def smoothed_ce(lg, lb, present):  # -sum_c q_c log p_c, q = 0.9 one-hot + 0.1 / C.
+        lg = np.asarray(lg, np.float64)
+        log_p = lg - lg.max(-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+        q = np.full(lg.shape, 0.1 / lg.shape[1])
+        q[np.arange(len(lb)), np.maximum(lb, 0)] += 0.9
+        return -(q * log_p).sum(-1) * present
+
+    labels_np = np.asarray(labels)
+    expected = (smoothed_ce(logits["a"], labels_np[:, 0], 1.0)
+                + smoothed_ce(logits["b"], labels_np[:, 1], labels_np[:, 1] >= 0))
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+    assert not np.allclose(total, losses.loss_and_metrics(logits, labels, SPEC)[0])
+    # Evaluation drops the smoothing (and class weights): the plain cross-entropy again.
+    evaluation = smoothed_spec.for_evaluation()
+    assert evaluation.label_smoothing == 0.0 and evaluation.heads == smoothed_spec.heads
+    np.testing.assert_allclose(losses.loss_and_metrics(logits, labels, evaluation)[0],
+                               losses.loss_and_metrics(logits, labels, SPEC)[0], rtol=1e-6)
+
+
+def test_label_smoothing_flag_is_checked(tmp_path, cache_dir):
+    root = write_multi_head_dataset(tmp_path / "data")
+    config = tiny_config(root, **{"loss.label_smoothing": 1.0})
+    data = dataset.load_data(config.data, show_progress=False)
+    with pytest.raises(ValueError, match="label_smoothing=1.0"):
+        train.create_loss_spec(config, data)
+
+
 def test_rare_classes_fold_into_other_and_missing_stays_missing():
     values = pd.Series(["x", "x", "x", "y", "y", "z", None, "x"])
     folded, classes, rare = dataset.fold_rare_classes(values, 2)
@@ -156,7 +191,7 @@ def test_multi_head_run_end_to_end(tmp_path, cache_dir):
     config = tiny_config(root, **{"data.head_columns": ("masterCategory", "subCategory",
                                                         "gender"),
                                   "data.other_min_count": 2, "loss.class_weighting": "sqrt",
-                                  "data.sampling": "class_balanced"})
+                                  "data.sampling": "class_balanced", "loss.label_smoothing": 0.1})
     summary = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert set(summary["val_heads"]) >= {"accuracy/subCategory", "loss/gender"}
     history = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
