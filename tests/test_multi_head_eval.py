@@ -42,10 +42,13 @@ def test_every_head_is_reported_with_missing_labels_left_out(multi_head_run, tmp
                                                              monkeypatch):
     workdir = str(multi_head_run / "run")
     options = context.EvalOptions(evaluators=("single",), batch_size=16, subsets=("val", "test"))
-    calls = []
+    calls, reads = [], []
     original = predictor.predict_array
     monkeypatch.setattr(predictor, "predict_array",
                         lambda *args, **kwargs: calls.append(args[3:]) or original(*args, **kwargs))
+    original_read = restore.load_variables
+    monkeypatch.setattr(restore, "load_variables",
+                        lambda run, step: reads.append(step) or original_read(run, step))
     reports = runner.evaluate([workdir], options, str(tmp_path / "eval"))
     monkeypatch.undo()
     assert list(reports) == list(HEADS)
@@ -57,6 +60,7 @@ def test_every_head_is_reported_with_missing_labels_left_out(multi_head_run, tmp
     row_sets = sum(len({tuple(split.index[(split["subset"] == s) & (split[h] != "")])
                         for h in HEADS}) for s in ("val", "test"))
     assert len(calls) == row_sets < len(HEADS) * 2 and all(c[1] is None for c in calls)
+    assert reads == [checkpoint.step]  # One checkpoint read for all heads and the hierarchy.
     ctx = runner.build_context([workdir], options)
     for subset in ("val", "test"):
         rows = split[split["subset"] == subset]

@@ -2,9 +2,9 @@
 
 Predictions of a named checkpoint on a subset are computed once and shared, so the ensemble and
 soup evaluators reuse what the single-model evaluator computed (and vice versa), whichever runs
-first. For multi-head runs, AllHeadsPredictions predicts every head of a saved checkpoint at once
-and shares it between the per-head contexts and the hierarchy check, keyed by the exact images,
-since a head's subset leaves out the rows without its label.
+first. For multi-head runs, AllHeadsPredictions reads each checkpoint from disk once and predicts
+every head of it at once, shared between the per-head contexts and the hierarchy check; predictions
+are keyed by the exact images, since a head's subset leaves out the rows without its label.
 """
 
 import dataclasses
@@ -70,10 +70,18 @@ class EvalOptions:
 
 class AllHeadsPredictions:
     """Every head's log-probabilities of saved checkpoints, computed once per (workdir, step,
-    images) and shared by the evaluation of all heads of a multi-head run."""
+    images) and shared by the evaluation of all heads of a multi-head run, as are the
+    checkpoints' variables."""
 
     def __init__(self, options: EvalOptions):
-        self._options, self._cache = options, {}
+        self._options, self._cache, self._checkpoints = options, {}, {}
+
+    def load_checkpoint(self, run: restore.Run, step: int) -> restore.Checkpoint:
+        """Checkpoint `step` of `run` (seen through any of its heads), read from disk once."""
+        key = (os.path.realpath(run.workdir), step)
+        if key not in self._checkpoints:
+            self._checkpoints[key] = restore.load_checkpoint(run, step)
+        return dataclasses.replace(self._checkpoints[key], run=run)
 
     def __call__(self, checkpoint: restore.Checkpoint, subset: str, data) -> dict:
         """{head: log-probs} of `checkpoint` on `data` (a dataset.Subset named `subset`)."""

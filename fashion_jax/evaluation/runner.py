@@ -27,7 +27,7 @@ def build_context(workdirs: list, options: context_lib.EvalOptions,
                   ) -> context_lib.Context:
     """Opens each workdir read-only at --checkpoint; the runs must share split and classes.
     Multi-head runs are seen through `head` (default: their first); `shared_predictions` lets
-    the contexts of several heads predict each checkpoint once."""
+    the contexts of several heads read and predict each checkpoint once."""
     if not workdirs:
         raise EvalError("Pass at least one training workdir with --workdirs.")
     if len(set(os.path.abspath(w) for w in workdirs)) != len(workdirs):
@@ -42,10 +42,11 @@ def build_context(workdirs: list, options: context_lib.EvalOptions,
     if difference:
         raise EvalError(f"The workdirs cannot be compared or combined: {difference}. Evaluate "
                         "them in separate run_eval.py calls.")
+    load = shared_predictions.load_checkpoint if shared_predictions else restore.load_checkpoint
     checkpoints = []
     for run in runs:
         step = restore.select_step(run, options.checkpoint)
-        checkpoints.append(restore.load_checkpoint(run, step))
+        checkpoints.append(load(run, step))
         logging.info("%s: checkpoint %s -> step %d", run.workdir, options.checkpoint, step)
     data = data_lib.EvalData(runs[0], splits[0], options.data_dir, options.progress_bar)
     ctx = context_lib.Context(runs, checkpoints, data, options, shared_predictions)
@@ -70,7 +71,8 @@ def evaluate(workdirs: list, options: context_lib.EvalOptions, output_dir: str) 
     reports = {head: _evaluate_head(workdirs, options, os.path.join(output_dir, head), head,
                                     shared_predictions)
                for head in heads}
-    checkpoint = restore.load_checkpoint(first, restore.select_step(first, options.checkpoint))
+    checkpoint = shared_predictions.load_checkpoint(
+        first, restore.select_step(first, options.checkpoint))
     hierarchy_result = heads_lib.hierarchy_evaluation(
         checkpoint, restore.read_split(first), options.subsets, options, shared_predictions)
     heads_lib.write(output_dir, heads_lib.summary(reports, hierarchy_result))
