@@ -66,13 +66,14 @@ def time_steps(step, sync, batch_size):
         return first, steps * batch_size / elapsed
 
 
-def bench_jax(batch_size, conv_impl="auto", model_name="seed_cnn"):
+def bench_jax(batch_size, conv_impl="auto", model_name="seed_cnn", dtype="float32"):
   import jax
   from configs import default
   from fashion_jax import models, optim, train
   config = default.get_config()
   config.model.conv_impl = conv_impl
   config.model.name = model_name
+  config.model.dtype = dtype
   model = models.create_model(config.model, NUM_CLASSES)
   state = train.create_train_state(config, model, optim.create_learning_rate_fn(config.optimizer),
                                    (HEIGHT, WIDTH, 3))
@@ -148,6 +149,8 @@ WORKERS = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras,
            # channels, else im2col): im2col everywhere, or XLA's own convolution.
            "jax_im2col": lambda batch_size: bench_jax(batch_size, "im2col"),
            "jax_xla_conv": lambda batch_size: bench_jax(batch_size, "xla"),
+           # Mixed precision (--config.model.dtype=bfloat16).
+           "jax_bf16": lambda batch_size: bench_jax(batch_size, dtype="bfloat16"),
            # The other backbone (configs/multi_head_resnet.py), single head; not in the default.
            "jax_small_resnet": lambda batch_size: bench_jax(batch_size,
                                                             model_name="small_resnet")}

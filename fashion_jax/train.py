@@ -5,8 +5,6 @@ resumes from the latest checkpoint and ends with the same parameters as an unint
 """
 
 import functools
-import json
-import math
 import os
 import time
 from typing import Any
@@ -31,6 +29,7 @@ from fashion_jax import optim
 from fashion_jax import parallel
 from fashion_jax import reporting
 from fashion_jax import restore
+from fashion_jax import run_progress
 
 
 class TrainState(train_state.TrainState):
@@ -270,24 +269,6 @@ class Evaluator:
 # The run.
 # ----------------------------------------------------------------------------------------------
 
-def new_progress() -> dict:
-    """Everything besides the state that a resumed run needs (stored as JSON with checkpoints)."""
-    return {"history": [], "best_monitored": math.inf, "best_epoch": -1, "best_step": -1,
-            "epochs_without_improvement": 0, "early_stopped": False, "partial_sums": None}
-
-
-def record_epoch(progress: dict, record: dict, monitor: str, patience: int):
-    """Appends the epoch's record and updates the early-stopping counters in place."""
-    progress["history"].append(record)
-    if record[monitor] < progress["best_monitored"]:
-        progress.update(best_monitored=record[monitor], best_epoch=record["epoch"],
-                        best_step=record["step"], epochs_without_improvement=0)
-    else:
-        progress["epochs_without_improvement"] += 1
-    progress["early_stopped"] = progress["epochs_without_improvement"] >= patience
-    progress["partial_sums"] = None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) in `workdir`; returns the summary written to summary.json."""
     dp = parallel.DataParallel.over_all_devices()
@@ -329,10 +310,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "heads": data.heads,
             "parameter_counts": parameter_counts, "config": config.to_json()}
     manager = checkpointing.create_manager(workdir, config.checkpoint.keep_epochs, meta)
-    progress, step = new_progress(), 0
+    progress, step = run_progress.new_progress(), 0
     if manager.latest_step() is not None:
         step = manager.latest_step()
-        _warn_about_config_changes(checkpointing.run_metadata(manager).get("config"), config)
+        run_progress.warn_about_config_changes(checkpointing.run_metadata(manager).get("config"), config)
         tree, progress = checkpointing.restore(
             manager, step, checkpointing.abstract_tree(state_tree(state)))
         state = state.replace(**tree)
@@ -395,8 +376,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record.update({f"{prefix}_{key}": value
                        for prefix, metrics in (("train", train_metrics), ("val", val_metrics))
                        for key, value in metrics.items() if "/" in key})
-        record_epoch(progress, record, config.early_stopping.monitor,
-                     config.early_stopping.patience)
+        run_progress.record_epoch(progress, record, config.early_stopping.monitor,
+                                  config.early_stopping.patience)
         checkpointing.save(manager, step, state_tree(state), progress,
                            metrics={"monitored": record[config.early_stopping.monitor],
                                     "epoch": epoch})
@@ -436,24 +417,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("Done: best epoch %d, val accuracy %.4f on %d images.",
                  summary["best_epoch"], summary["val_accuracy"], summary["val_images"])
     return summary
-
-
-def _flatten(tree, prefix=""):
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-
-
-def _warn_about_config_changes(saved_json, config):
-    """Resuming with other settings is allowed (e.g. more epochs) but never silent."""
-    if not saved_json:
-        return
-    saved, now = _flatten(json.loads(saved_json)), _flatten(json.loads(config.to_json()))
-    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-               if saved.get(k) != now.get(k)}
-    if changed:
-        logging.warning("Resuming with a config that differs from the one this run started with "
-                        "(field: saved -> now): %s", changed)
 
 
 def _crossed(previous_step: int, step: int, every: int) -> bool:
