@@ -313,7 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress, step = run_progress.new_progress(), 0
     if manager.latest_step() is not None:
         step = manager.latest_step()
-        run_progress.warn_about_config_changes(checkpointing.run_metadata(manager).get("config"), config)
+        run_progress.warn_about_config_changes(
+            checkpointing.run_metadata(manager).get("config"), config)
         tree, progress = checkpointing.restore(
             manager, step, checkpointing.abstract_tree(state_tree(state)))
         state = state.replace(**tree)
