@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["32", "128", "256"], "Batch sizes to measure.")
 flags.DEFINE_list("frameworks", ["jax", "torch", "keras"],
-                  "Frameworks to measure: jax, jax_im2col, jax_xla_conv, jax_small_resnet, "
-                  "torch, keras.")
+                  "Frameworks to measure: jax, jax_winograd, jax_im2col, jax_xla_conv, jax_bf16, "
+                  "jax_small_resnet, torch, keras.")
 flags.DEFINE_float("seconds", 15.0, "Minimum timed seconds per measurement.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
@@ -145,8 +145,10 @@ def bench_keras(batch_size):
 
 
 WORKERS = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras,
-           # fashion_jax with other convolutions than the CPU default (Winograd from 16 input
-           # channels, else im2col): im2col everywhere, or XLA's own convolution.
+           # fashion_jax with other convolutions than the CPU default (the native direct kernel,
+           # fashion_jax/native_conv.py): Winograd from 16 input channels else im2col (the
+           # default without a compiler), im2col everywhere, or XLA's own convolution.
+           "jax_winograd": lambda batch_size: bench_jax(batch_size, "winograd"),
            "jax_im2col": lambda batch_size: bench_jax(batch_size, "im2col"),
            "jax_xla_conv": lambda batch_size: bench_jax(batch_size, "xla"),
            # Mixed precision (--config.model.dtype=bfloat16).

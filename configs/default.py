@@ -46,7 +46,8 @@ def get_config():
   config.model.dropout_rate = 0.02
   config.model.bn_momentum = 0.99
   config.model.bn_epsilon = 1e-3
-  config.model.conv_impl = "auto"  # im2col on CPU, XLA's convolution (cuDNN) on accelerators.
+  # CPU: the native direct kernel where it builds, else Winograd/im2col; accelerators: XLA (cuDNN).
+  config.model.conv_impl = "auto"
   config.model.dtype = "float32"  # "bfloat16": compute in bf16, parameters/optimizer in float32.
 
   config.optimizer = ml_collections.ConfigDict()

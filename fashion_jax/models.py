@@ -5,9 +5,10 @@ Input uint8 or float [B, 80, 60, 3] already scaled to [0, 1]. Three blocks of fi
 Dense 1024 + ReLU -> Dropout -> Dense(num_classes) logits.
 
 Formulations chosen for CPU speed keep the parameters and the maths of the Keras layers: the 3x3
-convolution is Winograd's F(2x2, 3x3) (fashion_jax/winograd.py) where the input has 16+ channels,
-else an im2col (nine shifted slices concatenated on channels) and one matrix product; the 2x2 max
-pool is a reshape and max. On these CPUs XLA's native convolution and `nn.max_pool`
+convolution is a direct AVX-512 kernel compiled on first use (fashion_jax/native_conv.py) where it
+can be built, else Winograd's F(2x2, 3x3) (fashion_jax/winograd.py) where the input has 16+
+channels, else an im2col (nine shifted slices concatenated on channels) and one matrix product; the
+2x2 max pool is a reshape and max. On these CPUs XLA's own convolution and `nn.max_pool`
 (select-and-scatter backward) were markedly slower (see bench/).
 """
 
@@ -19,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fashion_jax import native_conv
 from fashion_jax import winograd
 
 keras_kernel_init = nn.initializers.glorot_uniform()
@@ -29,35 +31,45 @@ def scale_images(images):
     return images.astype(jnp.float32) / 255.0
 
 
-CONV_IMPLS = ("auto", "winograd", "im2col", "xla")
+CONV_IMPLS = ("auto", "native", "winograd", "im2col", "xla")
 WINOGRAD_MIN_CHANNELS = 16  # Below this (the 3-channel input) im2col is faster on CPU.
 
 
-def _resolve_impl(impl: str, in_channels: int, strides: int) -> str:
+def _resolve_impl(impl: str, x, strides: int) -> str:
     if impl not in CONV_IMPLS:
         raise ValueError(f"--config.model.conv_impl={impl!r}: use one of {', '.join(CONV_IMPLS)}")
     if impl == "auto":
         if jax.default_backend() != "cpu":
             return "xla"
-        impl = "winograd" if in_channels >= WINOGRAD_MIN_CHANNELS else "im2col"
-    return "im2col" if impl == "winograd" and strides != 1 else impl
+        # The FFI kernels have no sharding rule: one CPU device, float32 only.
+        if (x.dtype == jnp.float32 and strides == 1 and jax.device_count() == 1
+                and native_conv.available()):
+            return "native"
+        impl = "winograd" if x.shape[-1] >= WINOGRAD_MIN_CHANNELS else "im2col"
+    if impl == "native" and x.dtype != jnp.float32:
+        raise ValueError(f"--config.model.conv_impl=native computes in float32, not {x.dtype}; "
+                         "use auto or winograd with --config.model.dtype")
+    return "im2col" if impl in ("winograd", "native") and strides != 1 else impl
 
 
 def conv3x3(x, kernel, strides: int = 1, padding: int = 0, impl: str = "auto"):
     """3x3 convolution of NHWC `x` with an HWIO `kernel`, zero `padding` on each side.
 
-    "winograd": F(2x2, 3x3) (stride 1 only; strided convolutions use im2col); "im2col": the nine
-    (strided) shifted slices concatenated on channels and one matmul; "xla":
-    lax.conv_general_dilated (cuDNN on GPU); "auto": on CPU winograd when the input has 16+
-    channels, else im2col; elsewhere xla.
+    "native": the direct AVX-512 kernel of native_conv (CPU, float32, stride 1; strided
+    convolutions use im2col); "winograd": F(2x2, 3x3) (stride 1 only, likewise); "im2col": the
+    nine (strided) shifted slices concatenated on channels and one matmul; "xla":
+    lax.conv_general_dilated (cuDNN on GPU); "auto": on CPU native where it can be built and there
+    is one device, else winograd when the input has 16+ channels, else im2col; elsewhere xla.
     """
-    impl = _resolve_impl(impl, x.shape[-1], strides)
+    impl = _resolve_impl(impl, x, strides)
     if impl == "xla":
         return jax.lax.conv_general_dilated(
             x, kernel, (strides, strides), [(padding, padding)] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if padding:
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    if impl == "native":
+        return native_conv.conv3x3_valid(x, kernel)
     if impl == "winograd":
         return winograd.conv3x3_valid(x, kernel)
     height = (x.shape[1] - 3) // strides + 1

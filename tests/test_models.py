@@ -56,13 +56,28 @@ def test_winograd_conv_and_its_gradients_equal_xla_conv(height, width, channels,
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
-def test_auto_conv_uses_winograd_on_cpu_from_16_input_channels():
+def _input(channels, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct((2, 9, 9, channels), dtype)
+
+
+def test_auto_conv_choice_on_cpu(monkeypatch):
     assert jax.default_backend() == "cpu"
-    assert models._resolve_impl("auto", 3, 1) == "im2col"
-    assert models._resolve_impl("auto", 16, 1) == "winograd"
-    assert models._resolve_impl("auto", 32, 2) == "im2col"
-    assert models._resolve_impl("winograd", 32, 2) == "im2col"
-    assert models._resolve_impl("xla", 32, 1) == "xla"
+    # Without the native kernel: Winograd from 16 input channels, else im2col.
+    monkeypatch.setattr(models.native_conv, "available", lambda: False)
+    assert models._resolve_impl("auto", _input(3), 1) == "im2col"
+    assert models._resolve_impl("auto", _input(16), 1) == "winograd"
+    assert models._resolve_impl("auto", _input(32), 2) == "im2col"
+    # With it: native for every stride-1 float32 convolution on one device.
+    monkeypatch.setattr(models.native_conv, "available", lambda: True)
+    assert models._resolve_impl("auto", _input(3), 1) == "native"
+    assert models._resolve_impl("auto", _input(32), 2) == "im2col"
+    assert models._resolve_impl("auto", _input(32, jnp.bfloat16), 1) == "winograd"
+    # Explicit choices.
+    assert models._resolve_impl("winograd", _input(32), 2) == "im2col"
+    assert models._resolve_impl("native", _input(32), 2) == "im2col"
+    assert models._resolve_impl("xla", _input(32), 1) == "xla"
+    with pytest.raises(ValueError, match="conv_impl=native computes in float32"):
+        models._resolve_impl("native", _input(32, jnp.bfloat16), 1)
 
 
 def test_max_pool_equals_flax_max_pool_with_odd_sizes():

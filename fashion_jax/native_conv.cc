@@ -1,0 +1,275 @@
+// Direct 3x3 VALID convolution (stride 1, NHWC input, HWIO kernel, float32) for XLA:CPU, as
+// XLA FFI custom calls: the forward pass (also the input gradient, run on the padded output
+// gradient with the flipped, transposed kernel) and the kernel gradient. AVX-512.
+//
+// Why: XLA:CPU lowers a convolution to Eigen or, in fashion_jax's formulations, to im2col or
+// Winograd products whose expanded copies of the input dominate the step (README.md, Speed).
+// These kernels read the input where it lies and keep a tile of outputs in the 32 vector
+// registers, as oneDNN does.
+//
+// Forward: each image is walked as one flat sequence of pixels with row stride W, so output
+// "pixel" q = y * W + x reads input q + i * W + j for tap (i, j) at a fixed stride of Ci floats;
+// the two columns per row with x >= W - 2 are computed and not stored. A tile holds PX pixels x
+// NV vectors of 16 output channels.
+//
+// Determinism: the forward pass writes each output once. The kernel gradient sums over a fixed
+// number of pixel parts (a function of the shapes only, not of the thread count), each summed in
+// pixel order, and adds the parts in order.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct ParallelState {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+// Claims and runs parts until none is left; returns how many it ran.
+template <typename F>
+int64_t RunParts(ParallelState& state, int64_t parts, const F& body) {
+  int64_t finished = 0;
+  for (int64_t p; (p = state.next.fetch_add(1)) < parts; ++finished) body(p);
+  return finished;
+}
+
+// Runs body(part) for every part in [0, parts) on the calling thread and on XLA's intra-op
+// thread pool. The caller claims parts too, so it only ever waits for parts already running
+// (no deadlock when every pool thread is itself inside such a call).
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t parts, const F& body) {
+  if (parts <= 0) return;
+  auto state = std::make_shared<ParallelState>();
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), parts) - 1;
+  for (int64_t t = 0; t < helpers; ++t) {
+    // A helper that starts late finds nothing to claim and never touches `body`.
+    pool.Schedule([state, parts, body_ptr = &body]() {
+      if (int64_t n = RunParts(*state, parts, *body_ptr)) state->done.fetch_add(n);
+    });
+  }
+  state->done.fetch_add(RunParts(*state, parts, body));
+  while (state->done.load() < parts) _mm_pause();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: y[b, y, x, :] = sum_{i, j, c} in[b, y + i, x + j, c] * w[i, j, c, :].
+
+// Computes PX flat pixels starting at `in` (pixel stride ci) for NV output vectors and stores
+// those whose column is valid. `q0`: the first pixel's flat index within the image.
+template <int NV, int PX>
+inline void ForwardTile(const float* in, int64_t width, int64_t ci, const float* w, int64_t co,
+                        float* out_image, int64_t out_w, int64_t q0) {
+  __m512 acc[PX][NV];
+  for (int p = 0; p < PX; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      const float* ip = in + (i * width + j) * ci;
+      const float* wp = w + (i * 3 + j) * ci * co;
+      for (int64_t c = 0; c < ci; ++c) {
+        __m512 wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wp + c * co + 16 * v);
+        for (int p = 0; p < PX; ++p) {
+          const __m512 a = _mm512_set1_ps(ip[p * ci + c]);
+          for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(a, wv[v], acc[p][v]);
+        }
+      }
+    }
+  }
+  for (int p = 0; p < PX; ++p) {
+    const int64_t q = q0 + p, row = q / width, col = q % width;
+    if (col >= out_w) continue;
+    float* op = out_image + (row * out_w + col) * co;
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(op + 16 * v, acc[p][v]);
+  }
+}
+
+struct ForwardShape {
+  int64_t batch, height, width, ci, co;
+  int64_t out_h() const { return height - 2; }
+  int64_t out_w() const { return width - 2; }
+  // Flat pixels per image that start a 3x3 window inside the image.
+  int64_t flat() const { return out_h() * width - 2; }
+};
+
+template <int NV, int PX>
+void ForwardPart(const ForwardShape& s, const float* x, const float* w, float* y, int64_t b,
+                 int64_t tile_begin, int64_t tile_end) {
+  const float* image = x + b * s.height * s.width * s.ci;
+  float* out_image = y + b * s.out_h() * s.out_w() * s.co;
+  const int64_t flat = s.flat();
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    // The last tile is moved back to end at the last pixel (it recomputes a few pixels).
+    const int64_t q0 = std::min(t * PX, flat - PX);
+    for (int64_t g = 0; g < s.co; g += 16 * NV)
+      ForwardTile<NV, PX>(image + q0 * s.ci, s.width, s.ci, w + g, s.co, out_image + g,
+                          s.out_w(), q0);
+  }
+}
+
+template <int NV, int PX>
+void Forward(ffi::ThreadPool& pool, const ForwardShape& s, const float* x, const float* w,
+             float* y) {
+  const int64_t flat = s.flat();
+  if (flat < PX) {  // Tiny images: one pixel per tile.
+    if constexpr (PX > 1) Forward<NV, 1>(pool, s, x, w, y);
+    return;
+  }
+  const int64_t tiles = (flat + PX - 1) / PX;
+  const int64_t tiles_per_part = std::max<int64_t>(1, 96 / PX);
+  const int64_t parts_per_image = (tiles + tiles_per_part - 1) / tiles_per_part;
+  ParallelFor(pool, s.batch * parts_per_image, [&](int64_t part) {
+    const int64_t b = part / parts_per_image, k = part % parts_per_image;
+    ForwardPart<NV, PX>(s, x, w, y, b, k * tiles_per_part,
+                        std::min(tiles, (k + 1) * tiles_per_part));
+  });
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y) {
+  const auto d = x.dimensions();
+  const auto k = w.dimensions();
+  if (d.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != d[3] ||
+      k[3] % 16 != 0 || d[1] < 3 || d[2] < 3)
+    return ffi::Error::InvalidArgument(
+        "conv3x3 forward: needs x [N, H>=3, W>=3, C] and w [3, 3, C, 16k]");
+  const ForwardShape s{d[0], d[1], d[2], d[3], k[3]};
+  if (s.co % 64 == 0)
+    Forward<4, 6>(pool, s, x.typed_data(), w.typed_data(), y->typed_data());
+  else if (s.co % 32 == 0)
+    Forward<2, 12>(pool, s, x.typed_data(), w.typed_data(), y->typed_data());
+  else
+    Forward<1, 24>(pool, s, x.typed_data(), w.typed_data(), y->typed_data());
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel gradient: dw[i, j, c, :] = sum_{b, y, x} in[b, y + i, x + j, c] * dy[b, y, x, :].
+
+// Adds `rows` output rows (each out_w pixels) into dw[c0:c0+nct, g:g+16NV] for one tap; the
+// CT x NV accumulator tile stays in registers across the rows. kPartial: nct < CT (the last
+// channel tile), so channels past nct are neither read nor stored.
+template <int NV, int CT, bool kPartial>
+inline void WeightTile(const float* in, int64_t width, int64_t ci, const float* dy,
+                       int64_t out_w, int64_t co, int64_t rows, float* dw, int64_t nct) {
+  __m512 acc[CT][NV];
+  for (int c = 0; c < CT; ++c)
+    for (int v = 0; v < NV; ++v)
+      acc[c][v] = c < nct ? _mm512_loadu_ps(dw + c * co + 16 * v) : _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* ip = in + r * width * ci;
+    const float* dp = dy + r * out_w * co;
+    for (int64_t x = 0; x < out_w; ++x) {
+      __m512 d[NV];
+      for (int v = 0; v < NV; ++v) d[v] = _mm512_loadu_ps(dp + x * co + 16 * v);
+      for (int c = 0; c < CT; ++c) {
+        if (kPartial && c >= nct) break;
+        const __m512 a = _mm512_set1_ps(ip[x * ci + c]);
+        for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(a, d[v], acc[c][v]);
+      }
+    }
+  }
+  for (int c = 0; c < nct; ++c)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(dw + c * co + 16 * v, acc[c][v]);
+}
+
+template <int NV, int CT>
+void WeightRows(const ForwardShape& s, const float* in, const float* dy, int64_t rows,
+                float* dw) {
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (int64_t c = 0; c < s.ci; c += CT) {
+        const int64_t nct = std::min<int64_t>(CT, s.ci - c);
+        for (int64_t g = 0; g < s.co; g += 16 * NV) {
+          float* tile = dw + ((i * 3 + j) * s.ci + c) * s.co + g;
+          const float* ip = in + (i * s.width + j) * s.ci + c;
+          if (nct == CT)
+            WeightTile<NV, CT, false>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile,
+                                      CT);
+          else if (nct <= 4)
+            WeightTile<NV, 4, true>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile, nct);
+          else
+            WeightTile<NV, CT, true>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile,
+                                     nct);
+        }
+      }
+}
+
+template <int NV, int CT>
+void WeightGrad(ffi::ThreadPool& pool, const ForwardShape& s, const float* x, const float* dy,
+                float* dw) {
+  const int64_t rows = s.batch * s.out_h();
+  const int64_t pixels = rows * s.out_w();
+  const int64_t size = 9 * s.ci * s.co;
+  // Parts of ~1024+ pixels, at most 16: enough to share out, few enough partial sums to add.
+  const int64_t parts = std::clamp<int64_t>(pixels / 1024, 1, std::min<int64_t>(16, rows));
+  constexpr int64_t kRowsPerTile = 4;
+  std::vector<float> partial(parts > 1 ? parts * size : 0);
+  ParallelFor(pool, parts, [&](int64_t part) {
+    float* acc = parts > 1 ? partial.data() + part * size : dw;
+    std::memset(acc, 0, size * sizeof(float));
+    const int64_t end = rows * (part + 1) / parts;
+    for (int64_t r = rows * part / parts; r < end;) {
+      const int64_t b = r / s.out_h(), row = r % s.out_h();
+      const int64_t count = std::min({kRowsPerTile, end - r, s.out_h() - row});
+      WeightRows<NV, CT>(s, x + (b * s.height + row) * s.width * s.ci,
+                         dy + (b * s.out_h() + row) * s.out_w() * s.co, count, acc);
+      r += count;
+    }
+  });
+  if (parts == 1) return;
+  constexpr int64_t kChunk = 4096;
+  ParallelFor(pool, (size + kChunk - 1) / kChunk, [&](int64_t k) {
+    const int64_t end = std::min(size, (k + 1) * kChunk);
+    for (int64_t e = k * kChunk; e < end; ++e) {
+      float sum = 0.0f;
+      for (int64_t p = 0; p < parts; ++p) sum += partial[p * size + e];
+      dw[e] = sum;
+    }
+  });
+}
+
+ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw) {
+  const auto d = x.dimensions();
+  const auto g = dy.dimensions();
+  if (d.size() != 4 || g.size() != 4 || g[0] != d[0] || g[1] != d[1] - 2 || g[2] != d[2] - 2 ||
+      g[3] % 16 != 0)
+    return ffi::Error::InvalidArgument(
+        "conv3x3 kernel gradient: needs x [N, H, W, C] and dy [N, H-2, W-2, 16k]");
+  const ForwardShape s{d[0], d[1], d[2], d[3], g[3]};
+  if (s.co % 64 == 0)
+    WeightGrad<4, 6>(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data());
+  else if (s.co % 32 == 0)
+    WeightGrad<2, 12>(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data());
+  else
+    WeightGrad<1, 24>(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3Forward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [N, H, W, Ci]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w [3, 3, Ci, Co]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y [N, H-2, W-2, Co]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3KernelGrad, WeightGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [N, H, W, Ci]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy [N, H-2, W-2, Co]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dw [3, 3, Ci, Co]

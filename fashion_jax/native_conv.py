@@ -1,0 +1,163 @@
+"""A direct 3x3 convolution for XLA:CPU, compiled from native_conv.cc on first use.
+
+XLA:CPU has no fast convolution for this CNN: its own (Eigen), im2col and Winograd all spend most
+of the step copying expanded inputs (README.md, Speed). native_conv.cc is a direct AVX-512
+convolution registered as XLA FFI custom calls: the forward pass, which with the flipped and
+transposed kernel on the zero-padded output gradient also gives the input gradient, and the kernel
+gradient. `conv3x3_valid` ties them together with a custom VJP.
+
+Building: the C++ file is compiled once per machine type with the system C++ compiler
+(`$CXX`, else c++ or g++; -O3 -march=native) against the XLA FFI headers that ship with jaxlib,
+into $FASHION_JAX_NATIVE_DIR (default ~/.cache/fashion_jax/native), keyed by the source, jaxlib
+version, compiler and CPU, so a shared home directory on a mixed cluster is safe. `available()`
+says whether it could be built and loaded here (x86-64 with AVX-512 and a compiler); when not,
+models.conv3x3's "auto" keeps the pure-XLA formulations and the reason is logged once.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_conv.cc")
+FORWARD_TARGET = "fashion_jax_conv3x3_forward"
+KERNEL_GRAD_TARGET = "fashion_jax_conv3x3_kernel_grad"
+CHANNEL_MULTIPLE = 16  # The kernels' output channels come in AVX-512 vectors of 16 floats.
+
+
+def _compiler():
+    for name in (os.environ.get("CXX"), "c++", "g++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "cpu family", "model\t"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> str:
+    """Path of the shared library, compiling it unless a matching one is cached."""
+    import jaxlib  # For the version in the cache key.
+    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+             "-I" + jax.ffi.include_dir()]
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(b"\0".join([
+        source, jaxlib.__version__.encode(), compiler.encode(), " ".join(flags).encode(),
+        _cpu_identity().encode()])).hexdigest()[:16]
+    cache_dir = os.environ.get("FASHION_JAX_NATIVE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fashion_jax", "native")
+    library = os.path.join(cache_dir, f"native_conv_{key}.so")
+    if os.path.exists(library):
+        return library
+    os.makedirs(cache_dir, exist_ok=True)
+    # Compile to a temporary name and rename: concurrent processes never load a partial file.
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=cache_dir)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *flags, SOURCE, "-o", partial],
+                                capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"{compiler} failed on {SOURCE}:\n{result.stderr[-2000:]}")
+        os.replace(partial, library)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    logging.info("Compiled %s into %s", SOURCE, library)
+    return library
+
+
+@functools.cache
+def _load() -> str:
+    """Builds, loads and registers the kernels; returns "" on success, else why not."""
+    if os.environ.get("FASHION_JAX_NO_NATIVE_CONV"):
+        return "FASHION_JAX_NO_NATIVE_CONV is set"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"needs x86-64 with AVX-512, this is {platform.machine()}"
+    if "avx512f" not in _cpu_identity():
+        return "this CPU has no AVX-512"
+    compiler = _compiler()
+    if compiler is None:
+        return "no C++ compiler found (set CXX, or install g++)"
+    try:
+        library = ctypes.cdll.LoadLibrary(_build(compiler))
+    except (OSError, RuntimeError) as e:
+        return str(e)
+    jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.Conv3x3Forward),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(KERNEL_GRAD_TARGET,
+                                jax.ffi.pycapsule(library.Conv3x3KernelGrad), platform="cpu")
+    return ""
+
+
+def unavailable_reason() -> str:
+    """"" when the native convolution can be used on this machine, else the reason."""
+    return _load()
+
+
+@functools.cache
+def available() -> bool:
+    reason = _load()
+    if reason:
+        logging.warning("Native CPU convolution unavailable (%s); using the XLA formulations.",
+                        reason.splitlines()[0])
+    return not reason
+
+
+def _forward(x, kernel):
+    """VALID 3x3 convolution through the FFI kernel; output channels padded to a multiple of 16
+    for the kernel and cropped after."""
+    if not available():
+        raise RuntimeError(f"native convolution unavailable: {unavailable_reason()}")
+    batch, height, width, _ = x.shape
+    channels = kernel.shape[-1]
+    pad = -channels % CHANNEL_MULTIPLE
+    if pad:
+        kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, pad)))
+    y = jax.ffi.ffi_call(FORWARD_TARGET, jax.ShapeDtypeStruct(
+        (batch, height - 2, width - 2, channels + pad), jnp.float32))(x, kernel)
+    return y[..., :channels] if pad else y
+
+
+@jax.custom_vjp
+def conv3x3_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """VALID 3x3 convolution, stride 1, of float32 NHWC `x` [B, H, W, Cin] with an HWIO `kernel`
+    [3, 3, Cin, Cout]: [B, H - 2, W - 2, Cout]. CPU only; check `available()` first."""
+    return _forward(x, kernel)
+
+
+def _conv_forward(x, kernel):
+    return _forward(x, kernel), (x, kernel)
+
+
+def _conv_backward(residuals, dy):
+    x, kernel = residuals
+    # Input gradient: the "full" convolution of dy with the kernel flipped in space and with
+    # input and output channels swapped.
+    dx = _forward(jnp.pad(dy, ((0, 0), (2, 2), (2, 2), (0, 0))),
+                  jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
+    channels = dy.shape[-1]
+    pad = -channels % CHANNEL_MULTIPLE
+    if pad:
+        dy = jnp.pad(dy, ((0, 0), (0, 0), (0, 0), (0, pad)))
+    dkernel = jax.ffi.ffi_call(KERNEL_GRAD_TARGET, jax.ShapeDtypeStruct(
+        kernel.shape[:3] + (channels + pad,), jnp.float32))(x, dy)
+    return dx, dkernel[..., :channels] if pad else dkernel
+
+
+conv3x3_valid.defvjp(_conv_forward, _conv_backward)
