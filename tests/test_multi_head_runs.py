@@ -14,7 +14,9 @@ from tests.test_parallel import assert_same_run
 FLAGS = ("--config.batch_size=16", "--config.eval_batch_size=48",
          "--config.early_stopping.restore_best=false",
          "--config.data.head_columns=('masterCategory','subCategory','gender')",
-         "--config.data.other_min_count=2", "--config.loss.class_weighting=sqrt")
+         "--config.data.other_min_count=2", "--config.loss.class_weighting=sqrt",
+         # One convolution for every device count ("auto" is native on one CPU device only).
+         "--config.model.conv_impl=im2col")
 
 
 def _run(workdir, data_dir, cache, *extra, devices="1"):
