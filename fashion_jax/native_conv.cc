@@ -1,6 +1,6 @@
 // Direct 3x3 VALID convolution (stride 1, NHWC input, HWIO kernel, float32) for XLA:CPU, as
-// XLA FFI custom calls: the forward pass (also the input gradient, run on the padded output
-// gradient with the flipped, transposed kernel) and the kernel gradient. AVX-512.
+// XLA FFI custom calls: the forward pass, the input gradient (the same kernel on the padded
+// output gradient with the flipped, transposed kernel) and the kernel gradient. AVX-512.
 //
 // Why: XLA:CPU lowers a convolution to Eigen or, in fashion_jax's formulations, to im2col or
 // Winograd products whose expanded copies of the input dominate the step (README.md, Speed).
@@ -73,17 +73,17 @@ inline void ForwardTile(const float* in, int64_t width, int64_t ci, const float*
   __m512 acc[PX][NV];
   for (int p = 0; p < PX; ++p)
     for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
+  // For kernel row i, taps (j, c) are k = j * ci + c in [0, 3 ci): contiguous in the input
+  // (pixel p's window row starts at p * ci) and in the HWIO kernel.
   for (int i = 0; i < 3; ++i) {
-    for (int j = 0; j < 3; ++j) {
-      const float* ip = in + (i * width + j) * ci;
-      const float* wp = w + (i * 3 + j) * ci * co;
-      for (int64_t c = 0; c < ci; ++c) {
-        __m512 wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wp + c * co + 16 * v);
-        for (int p = 0; p < PX; ++p) {
-          const __m512 a = _mm512_set1_ps(ip[p * ci + c]);
-          for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(a, wv[v], acc[p][v]);
-        }
+    const float* ip = in + i * width * ci;
+    const float* wp = w + i * 3 * ci * co;
+    for (int64_t k = 0; k < 3 * ci; ++k) {
+      __m512 wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wp + k * co + 16 * v);
+      for (int p = 0; p < PX; ++p) {
+        const __m512 a = _mm512_set1_ps(ip[p * ci + k]);
+        for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(a, wv[v], acc[p][v]);
       }
     }
   }
@@ -155,6 +155,57 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 }
 
 // ---------------------------------------------------------------------------------------------
+// Input gradient: dx = the forward pass on dy zero-padded by 2 on each side, with the kernel
+// flipped in space and its channels swapped (wt, prepared by the caller). Each image is padded
+// into a per-thread buffer that stays in cache, instead of a padded copy of the whole batch.
+
+template <int NV, int PX>
+void InputGrad(ffi::ThreadPool& pool, const ForwardShape& g, const float* dy, const float* wt,
+               float* dx) {
+  // g: dy [batch, height, width, ci] -> dx [batch, height + 2, width + 2, co]; the padded image
+  // is [height + 4, width + 4, ci].
+  const ForwardShape padded{1, g.height + 4, g.width + 4, g.ci, g.co};
+  if (padded.flat() < PX) {
+    if constexpr (PX > 1) InputGrad<NV, 1>(pool, g, dy, wt, dx);
+    return;
+  }
+  const int64_t tiles = (padded.flat() + PX - 1) / PX;
+  // Enough parts for two per thread even with small batches; each pads its own copy.
+  const int64_t chunks = std::clamp<int64_t>(2 * pool.num_threads() / g.batch + 1, 1, tiles);
+  const int64_t image_size = g.height * g.width * g.ci;
+  const int64_t out_size = padded.out_h() * padded.out_w() * g.co;
+  ParallelFor(pool, g.batch * chunks, [&](int64_t part) {
+    const int64_t b = part / chunks, k = part % chunks;
+    thread_local std::vector<float> buffer;
+    buffer.assign(padded.height * padded.width * g.ci, 0.0f);
+    const float* src = dy + b * image_size;
+    for (int64_t row = 0; row < g.height; ++row)
+      std::memcpy(buffer.data() + ((row + 2) * padded.width + 2) * g.ci,
+                  src + row * g.width * g.ci, g.width * g.ci * sizeof(float));
+    ForwardPart<NV, PX>(padded, buffer.data(), wt, dx + b * out_size, 0, tiles * k / chunks,
+                        tiles * (k + 1) / chunks);
+  });
+}
+
+ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> wt,
+                         ffi::ResultBuffer<ffi::F32> dx) {
+  const auto d = dy.dimensions();
+  const auto k = wt.dimensions();
+  if (d.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != d[3] ||
+      k[3] % 16 != 0)
+    return ffi::Error::InvalidArgument(
+        "conv3x3 input gradient: needs dy [N, H, W, Co] and wt [3, 3, Co, 16k]");
+  const ForwardShape g{d[0], d[1], d[2], d[3], k[3]};  // Input dy, output dx channels.
+  if (g.co % 64 == 0)
+    InputGrad<4, 6>(pool, g, dy.typed_data(), wt.typed_data(), dx->typed_data());
+  else if (g.co % 32 == 0)
+    InputGrad<2, 12>(pool, g, dy.typed_data(), wt.typed_data(), dx->typed_data());
+  else
+    InputGrad<1, 24>(pool, g, dy.typed_data(), wt.typed_data(), dx->typed_data());
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Kernel gradient: dw[i, j, c, :] = sum_{b, y, x} in[b, y + i, x + j, c] * dy[b, y, x, :].
 
 // Adds `rows` output rows (each out_w pixels) into dw[c0:c0+nct, g:g+16NV] for one tap; the
@@ -187,23 +238,20 @@ inline void WeightTile(const float* in, int64_t width, int64_t ci, const float* 
 template <int NV, int CT>
 void WeightRows(const ForwardShape& s, const float* in, const float* dy, int64_t rows,
                 float* dw) {
+  // As in the forward pass, kernel row i's taps (j, c) are k = j * ci + c in [0, 3 ci).
+  const int64_t taps = 3 * s.ci;
   for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j)
-      for (int64_t c = 0; c < s.ci; c += CT) {
-        const int64_t nct = std::min<int64_t>(CT, s.ci - c);
-        for (int64_t g = 0; g < s.co; g += 16 * NV) {
-          float* tile = dw + ((i * 3 + j) * s.ci + c) * s.co + g;
-          const float* ip = in + (i * s.width + j) * s.ci + c;
-          if (nct == CT)
-            WeightTile<NV, CT, false>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile,
-                                      CT);
-          else if (nct <= 4)
-            WeightTile<NV, 4, true>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile, nct);
-          else
-            WeightTile<NV, CT, true>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile,
-                                     nct);
-        }
+    for (int64_t k = 0; k < taps; k += CT) {
+      const int64_t nct = std::min<int64_t>(CT, taps - k);
+      const float* ip = in + i * s.width * s.ci + k;
+      for (int64_t g = 0; g < s.co; g += 16 * NV) {
+        float* tile = dw + (i * taps + k) * s.co + g;
+        if (nct == CT)
+          WeightTile<NV, CT, false>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile, CT);
+        else
+          WeightTile<NV, CT, true>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile, nct);
       }
+    }
 }
 
 template <int NV, int CT>
@@ -214,7 +262,8 @@ void WeightGrad(ffi::ThreadPool& pool, const ForwardShape& s, const float* x, co
   const int64_t size = 9 * s.ci * s.co;
   // Parts of ~1024+ pixels, at most 16: enough to share out, few enough partial sums to add.
   const int64_t parts = std::clamp<int64_t>(pixels / 1024, 1, std::min<int64_t>(16, rows));
-  constexpr int64_t kRowsPerTile = 4;
+  // Rows per accumulator load: at least 64 pixels, so narrow images amortise it too.
+  const int64_t rows_per_tile = std::max<int64_t>(4, (64 + s.out_w() - 1) / s.out_w());
   std::vector<float> partial(parts > 1 ? parts * size : 0);
   ParallelFor(pool, parts, [&](int64_t part) {
     float* acc = parts > 1 ? partial.data() + part * size : dw;
@@ -222,7 +271,7 @@ void WeightGrad(ffi::ThreadPool& pool, const ForwardShape& s, const float* x, co
     const int64_t end = rows * (part + 1) / parts;
     for (int64_t r = rows * part / parts; r < end;) {
       const int64_t b = r / s.out_h(), row = r % s.out_h();
-      const int64_t count = std::min({kRowsPerTile, end - r, s.out_h() - row});
+      const int64_t count = std::min({rows_per_tile, end - r, s.out_h() - row});
       WeightRows<NV, CT>(s, x + (b * s.height + row) * s.width * s.ci,
                          dy + (b * s.out_h() + row) * s.out_w() * s.co, count, acc);
       r += count;
@@ -273,3 +322,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3KernelGrad, WeightGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [N, H, W, Ci]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dy [N, H-2, W-2, Co]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dw [3, 3, Ci, Co]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3InputGrad, InputGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy [N, H-2, W-2, Co]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // wt [3, 3, Co, Ci] flipped
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dx [N, H, W, Ci]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_conv.cc")
 FORWARD_TARGET = "fashion_jax_conv3x3_forward"
+INPUT_GRAD_TARGET = "fashion_jax_conv3x3_input_grad"
 KERNEL_GRAD_TARGET = "fashion_jax_conv3x3_kernel_grad"
 CHANNEL_MULTIPLE = 16  # The kernels' output channels come in AVX-512 vectors of 16 floats.
 
@@ -100,6 +101,8 @@ def _load() -> str:
         return str(e)
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.Conv3x3Forward),
                                 platform="cpu")
+    jax.ffi.register_ffi_target(INPUT_GRAD_TARGET, jax.ffi.pycapsule(library.Conv3x3InputGrad),
+                                platform="cpu")
     jax.ffi.register_ffi_target(KERNEL_GRAD_TARGET,
                                 jax.ffi.pycapsule(library.Conv3x3KernelGrad), platform="cpu")
     return ""
@@ -119,19 +122,27 @@ def available() -> bool:
     return not reason
 
 
-def _forward(x, kernel):
-    """VALID 3x3 convolution through the FFI kernel; output channels padded to a multiple of 16
-    for the kernel and cropped after."""
+def _pad_channels(array, multiple=CHANNEL_MULTIPLE):
+    """Zero-pads the last axis to a multiple of 16 (the kernels' vector width); returns it and
+    the original size, to crop results back."""
+    channels = array.shape[-1]
+    pad = -channels % multiple
+    if pad:
+        array = jnp.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, pad)])
+    return array, channels
+
+
+def _call(target, shape, *operands):
     if not available():
         raise RuntimeError(f"native convolution unavailable: {unavailable_reason()}")
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(*operands)
+
+
+def _forward(x, kernel):
     batch, height, width, _ = x.shape
-    channels = kernel.shape[-1]
-    pad = -channels % CHANNEL_MULTIPLE
-    if pad:
-        kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, pad)))
-    y = jax.ffi.ffi_call(FORWARD_TARGET, jax.ShapeDtypeStruct(
-        (batch, height - 2, width - 2, channels + pad), jnp.float32))(x, kernel)
-    return y[..., :channels] if pad else y
+    kernel, channels = _pad_channels(kernel)
+    y = _call(FORWARD_TARGET, (batch, height - 2, width - 2, kernel.shape[-1]), x, kernel)
+    return y[..., :channels]
 
 
 @jax.custom_vjp
@@ -147,17 +158,14 @@ def _conv_forward(x, kernel):
 
 def _conv_backward(residuals, dy):
     x, kernel = residuals
+    batch, height, width, _ = x.shape
     # Input gradient: the "full" convolution of dy with the kernel flipped in space and with
     # input and output channels swapped.
-    dx = _forward(jnp.pad(dy, ((0, 0), (2, 2), (2, 2), (0, 0))),
-                  jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
-    channels = dy.shape[-1]
-    pad = -channels % CHANNEL_MULTIPLE
-    if pad:
-        dy = jnp.pad(dy, ((0, 0), (0, 0), (0, 0), (0, pad)))
-    dkernel = jax.ffi.ffi_call(KERNEL_GRAD_TARGET, jax.ShapeDtypeStruct(
-        kernel.shape[:3] + (channels + pad,), jnp.float32))(x, dy)
-    return dx, dkernel[..., :channels] if pad else dkernel
+    flipped, in_channels = _pad_channels(jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
+    dx = _call(INPUT_GRAD_TARGET, (batch, height, width, flipped.shape[-1]), dy, flipped)
+    dy, out_channels = _pad_channels(dy)
+    dkernel = _call(KERNEL_GRAD_TARGET, kernel.shape[:3] + dy.shape[-1:], x, dy)
+    return dx[..., :in_channels], dkernel[..., :out_channels]
 
 
 conv3x3_valid.defvjp(_conv_forward, _conv_backward)
