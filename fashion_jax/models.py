@@ -83,17 +83,22 @@ def conv3x3(x, kernel, strides: int = 1, padding: int = 0, impl: str = "auto"):
 class Conv3x3Valid(nn.Module):
     """A 3x3 VALID convolution, stride 1, with bias; parameters `kernel` [3, 3, Cin, Cout], `bias`.
 
-    `impl`: see conv3x3. The parameters are the same for every impl, so checkpoints move freely
-    between them. Parameters stay float32; the computation runs in the input's dtype.
+    `impl`: see conv3x3. `relu`: apply ReLU to the output (inside the kernel with "native").
+    The parameters are the same for every impl, so checkpoints move freely between them.
+    Parameters stay float32; the computation runs in the input's dtype.
     """
     features: int
     impl: str = "auto"
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", keras_kernel_init, (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv3x3(x, kernel.astype(x.dtype), impl=self.impl) + bias.astype(x.dtype)
+        if _resolve_impl(self.impl, x, 1) == "native":
+            return native_conv.conv3x3_valid(x, kernel, bias, self.relu)
+        y = conv3x3(x, kernel.astype(x.dtype), impl=self.impl) + bias.astype(x.dtype)
+        return nn.relu(y) if self.relu else y
 
 
 def max_pool_2x2(x):
@@ -120,7 +125,7 @@ class SeedCNN(nn.Module):
         x = x.astype(dtype)
         for features in self.filters:
             for _ in range(2):
-                x = nn.relu(Conv3x3Valid(features, self.conv_impl)(x))
+                x = Conv3x3Valid(features, self.conv_impl, relu=True)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=dtype)(x)
             x = max_pool_2x2(x)

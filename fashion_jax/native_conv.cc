@@ -63,13 +63,15 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t parts, const F& body) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward: y[b, y, x, :] = sum_{i, j, c} in[b, y + i, x + j, c] * w[i, j, c, :].
+// Forward: y[b, y, x, :] = bias + sum_{i, j, c} in[b, y + i, x + j, c] * w[i, j, c, :], then
+// optionally ReLU.
 
 // Computes PX flat pixels starting at `in` (pixel stride ci) for NV output vectors and stores
 // those whose column is valid. `q0`: the first pixel's flat index within the image.
 template <int NV, int PX>
 inline void ForwardTile(const float* in, int64_t width, int64_t ci, const float* w, int64_t co,
-                        float* out_image, int64_t out_w, int64_t q0) {
+                        const float* bias, bool relu, float* out_image, int64_t out_w,
+                        int64_t q0) {
   __m512 acc[PX][NV];
   for (int p = 0; p < PX; ++p)
     for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
@@ -87,11 +89,19 @@ inline void ForwardTile(const float* in, int64_t width, int64_t ci, const float*
       }
     }
   }
+  // Epilogue: + bias, then ReLU, on the registers before the one store.
+  __m512 b[NV];
+  for (int v = 0; v < NV; ++v) b[v] = bias ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
   for (int p = 0; p < PX; ++p) {
     const int64_t q = q0 + p, row = q / width, col = q % width;
     if (col >= out_w) continue;
     float* op = out_image + (row * out_w + col) * co;
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(op + 16 * v, acc[p][v]);
+    for (int v = 0; v < NV; ++v) {
+      __m512 value = _mm512_add_ps(acc[p][v], b[v]);
+      if (relu) value = _mm512_max_ps(value, zero);
+      _mm512_storeu_ps(op + 16 * v, value);
+    }
   }
 }
 
@@ -104,8 +114,8 @@ struct ForwardShape {
 };
 
 template <int NV, int PX>
-void ForwardPart(const ForwardShape& s, const float* x, const float* w, float* y, int64_t b,
-                 int64_t tile_begin, int64_t tile_end) {
+void ForwardPart(const ForwardShape& s, const float* x, const float* w, const float* bias,
+                 bool relu, float* y, int64_t b, int64_t tile_begin, int64_t tile_end) {
   const float* image = x + b * s.height * s.width * s.ci;
   float* out_image = y + b * s.out_h() * s.out_w() * s.co;
   const int64_t flat = s.flat();
@@ -113,17 +123,17 @@ void ForwardPart(const ForwardShape& s, const float* x, const float* w, float* y
     // The last tile is moved back to end at the last pixel (it recomputes a few pixels).
     const int64_t q0 = std::min(t * PX, flat - PX);
     for (int64_t g = 0; g < s.co; g += 16 * NV)
-      ForwardTile<NV, PX>(image + q0 * s.ci, s.width, s.ci, w + g, s.co, out_image + g,
-                          s.out_w(), q0);
+      ForwardTile<NV, PX>(image + q0 * s.ci, s.width, s.ci, w + g, s.co,
+                          bias ? bias + g : nullptr, relu, out_image + g, s.out_w(), q0);
   }
 }
 
 template <int NV, int PX>
 void Forward(ffi::ThreadPool& pool, const ForwardShape& s, const float* x, const float* w,
-             float* y) {
+             const float* bias, bool relu, float* y) {
   const int64_t flat = s.flat();
   if (flat < PX) {  // Tiny images: one pixel per tile.
-    if constexpr (PX > 1) Forward<NV, 1>(pool, s, x, w, y);
+    if constexpr (PX > 1) Forward<NV, 1>(pool, s, x, w, bias, relu, y);
     return;
   }
   const int64_t tiles = (flat + PX - 1) / PX;
@@ -131,26 +141,28 @@ void Forward(ffi::ThreadPool& pool, const ForwardShape& s, const float* x, const
   const int64_t parts_per_image = (tiles + tiles_per_part - 1) / tiles_per_part;
   ParallelFor(pool, s.batch * parts_per_image, [&](int64_t part) {
     const int64_t b = part / parts_per_image, k = part % parts_per_image;
-    ForwardPart<NV, PX>(s, x, w, y, b, k * tiles_per_part,
+    ForwardPart<NV, PX>(s, x, w, bias, relu, y, b, k * tiles_per_part,
                         std::min(tiles, (k + 1) * tiles_per_part));
   });
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::Buffer<ffi::F32> bias, int32_t relu,
                        ffi::ResultBuffer<ffi::F32> y) {
   const auto d = x.dimensions();
   const auto k = w.dimensions();
   if (d.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != d[3] ||
-      k[3] % 16 != 0 || d[1] < 3 || d[2] < 3)
+      k[3] % 16 != 0 || d[1] < 3 || d[2] < 3 || bias.element_count() != k[3])
     return ffi::Error::InvalidArgument(
-        "conv3x3 forward: needs x [N, H>=3, W>=3, C] and w [3, 3, C, 16k]");
+        "conv3x3 forward: needs x [N, H>=3, W>=3, C], w [3, 3, C, 16k] and bias [16k]");
   const ForwardShape s{d[0], d[1], d[2], d[3], k[3]};
+  const float* b = bias.typed_data();
   if (s.co % 64 == 0)
-    Forward<4, 6>(pool, s, x.typed_data(), w.typed_data(), y->typed_data());
+    Forward<4, 6>(pool, s, x.typed_data(), w.typed_data(), b, relu, y->typed_data());
   else if (s.co % 32 == 0)
-    Forward<2, 12>(pool, s, x.typed_data(), w.typed_data(), y->typed_data());
+    Forward<2, 12>(pool, s, x.typed_data(), w.typed_data(), b, relu, y->typed_data());
   else
-    Forward<1, 24>(pool, s, x.typed_data(), w.typed_data(), y->typed_data());
+    Forward<1, 24>(pool, s, x.typed_data(), w.typed_data(), b, relu, y->typed_data());
   return ffi::Error::Success();
 }
 
@@ -182,8 +194,8 @@ void InputGrad(ffi::ThreadPool& pool, const ForwardShape& g, const float* dy, co
     for (int64_t row = 0; row < g.height; ++row)
       std::memcpy(buffer.data() + ((row + 2) * padded.width + 2) * g.ci,
                   src + row * g.width * g.ci, g.width * g.ci * sizeof(float));
-    ForwardPart<NV, PX>(padded, buffer.data(), wt, dx + b * out_size, 0, tiles * k / chunks,
-                        tiles * (k + 1) / chunks);
+    ForwardPart<NV, PX>(padded, buffer.data(), wt, nullptr, false, dx + b * out_size, 0,
+                        tiles * k / chunks, tiles * (k + 1) / chunks);
   });
 }
 
@@ -314,6 +326,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3Forward, ForwardImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [N, H, W, Ci]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w [3, 3, Ci, Co]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [Co]
+                                  .Attr<int32_t>("relu")  // 1: y = max(y, 0)
                                   .Ret<ffi::Buffer<ffi::F32>>());  // y [N, H-2, W-2, Co]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3KernelGrad, WeightGradImpl,

@@ -2,9 +2,10 @@
 
 XLA:CPU has no fast convolution for this CNN: its own (Eigen), im2col and Winograd all spend most
 of the step copying expanded inputs (README.md, Speed). native_conv.cc is a direct AVX-512
-convolution registered as XLA FFI custom calls: the forward pass, which with the flipped and
-transposed kernel on the zero-padded output gradient also gives the input gradient, and the kernel
-gradient. `conv3x3_valid` ties them together with a custom VJP.
+convolution registered as XLA FFI custom calls: the forward pass; the input gradient (the forward
+pass on the zero-padded output gradient with the kernel flipped and transposed, padding one image
+at a time in cache); and the kernel gradient. `conv3x3_valid` ties them together with a custom
+VJP; it can also add the bias and apply ReLU in the forward kernel, saving a pass over the output.
 
 Building: the C++ file is compiled once per machine type with the system C++ compiler
 (`$CXX`, else c++ or g++; -O3 -march=native) against the XLA FFI headers that ship with jaxlib,
@@ -26,6 +27,7 @@ import tempfile
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_conv.cc")
 FORWARD_TARGET = "fashion_jax_conv3x3_forward"
@@ -132,40 +134,55 @@ def _pad_channels(array, multiple=CHANNEL_MULTIPLE):
     return array, channels
 
 
-def _call(target, shape, *operands):
+def _call(target, shape, *operands, **attributes):
     if not available():
         raise RuntimeError(f"native convolution unavailable: {unavailable_reason()}")
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(*operands)
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))(*operands,
+                                                                               **attributes)
 
 
-def _forward(x, kernel):
+def _forward(x, kernel, bias, relu):
     batch, height, width, _ = x.shape
     kernel, channels = _pad_channels(kernel)
-    y = _call(FORWARD_TARGET, (batch, height - 2, width - 2, kernel.shape[-1]), x, kernel)
+    bias, _ = _pad_channels(bias)
+    y = _call(FORWARD_TARGET, (batch, height - 2, width - 2, kernel.shape[-1]), x, kernel, bias,
+              relu=np.int32(relu))
     return y[..., :channels]
 
 
-@jax.custom_vjp
-def conv3x3_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def conv3x3_valid(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
+                  relu: bool = False) -> jax.Array:
     """VALID 3x3 convolution, stride 1, of float32 NHWC `x` [B, H, W, Cin] with an HWIO `kernel`
-    [3, 3, Cin, Cout]: [B, H - 2, W - 2, Cout]. CPU only; check `available()` first."""
-    return _forward(x, kernel)
+    [3, 3, Cin, Cout], plus `bias` [Cout] and then ReLU when asked, both applied in registers
+    before the output is stored: [B, H - 2, W - 2, Cout]. CPU only; check `available()` first."""
+    if bias is None:
+        bias = jnp.zeros(kernel.shape[-1:], jnp.float32)
+    return _conv_bias_relu(x, kernel, bias, bool(relu))
 
 
-def _conv_forward(x, kernel):
-    return _forward(x, kernel), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_bias_relu(x, kernel, bias, relu):
+    return _forward(x, kernel, bias, relu)
 
 
-def _conv_backward(residuals, dy):
-    x, kernel = residuals
+def _conv_forward(x, kernel, bias, relu):
+    y = _forward(x, kernel, bias, relu)
+    return y, (x, kernel, y if relu else None)
+
+
+def _conv_backward(relu, residuals, dy):
+    x, kernel, y = residuals
+    if relu:
+        dy = jnp.where(y > 0, dy, 0.0)  # jax.nn.relu's gradient: 0 at 0.
     batch, height, width, _ = x.shape
     # Input gradient: the "full" convolution of dy with the kernel flipped in space and with
     # input and output channels swapped.
     flipped, in_channels = _pad_channels(jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
     dx = _call(INPUT_GRAD_TARGET, (batch, height, width, flipped.shape[-1]), dy, flipped)
+    dbias = dy.sum(axis=(0, 1, 2))
     dy, out_channels = _pad_channels(dy)
     dkernel = _call(KERNEL_GRAD_TARGET, kernel.shape[:3] + dy.shape[-1:], x, dy)
-    return dx[..., :in_channels], dkernel[..., :out_channels]
+    return dx[..., :in_channels], dkernel[..., :out_channels], dbias
 
 
-conv3x3_valid.defvjp(_conv_forward, _conv_backward)
+_conv_bias_relu.defvjp(_conv_forward, _conv_backward)

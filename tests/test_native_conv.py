@@ -49,6 +49,29 @@ def test_native_conv_and_its_gradients_equal_xla_conv(batch, height, width, cin,
 
 
 @needs_native
+@pytest.mark.parametrize("cin,cout", [(3, 32), (20, 24)])
+def test_native_conv_with_bias_and_relu_and_their_gradients(cin, cout):
+    keys = jax.random.split(jax.random.key(cout), 4)
+    x = jax.random.normal(keys[0], (2, 9, 11, cin))
+    kernel = jax.random.normal(keys[1], (3, 3, cin, cout)) * 0.2
+    bias = jax.random.normal(keys[2], (cout,))
+    cotangent = jax.random.normal(keys[3], (2, 7, 9, cout))
+
+    def ours(x, k, b):
+        return native_conv.conv3x3_valid(x, k, b, relu=True)
+
+    def expected(x, k, b):
+        return jax.nn.relu(xla_conv(x, k) + b)
+    y = jax.jit(ours)(x, kernel, bias)
+    assert 0.2 < float(jnp.mean(y == 0)) < 0.8  # The ReLU clips part of the outputs.
+    np.testing.assert_allclose(y, expected(x, kernel, bias), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
+             for f in (jax.jit(ours), expected)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@needs_native
 def test_native_conv_is_deterministic_and_used_by_auto():
     x = jax.random.normal(jax.random.key(0), (8, 30, 20, 32))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 32, 32)) * 0.1
