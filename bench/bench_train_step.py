@@ -2,6 +2,7 @@
 
   python bench/bench_train_step.py                       # batch 32, 128, 256; all frameworks found
   python bench/bench_train_step.py --batch_sizes=32 --frameworks=jax,torch --seconds=20
+  python bench/bench_train_step.py --batch_sizes=32 --repeats=3     # median of 3, in turns
 
 Every framework trains the same network (seed CNN, 5 classes, Adam 1e-3, dropout 0.02) on the same
 synthetic uint8 batch, each in its own subprocess with the same environment (tcmalloc preloaded
@@ -33,6 +34,9 @@ flags.DEFINE_list("frameworks", ["jax", "torch", "keras"],
                   "Frameworks to measure: jax, jax_winograd, jax_im2col, jax_xla_conv, jax_bf16, "
                   "jax_small_resnet, torch, keras.")
 flags.DEFINE_float("seconds", 15.0, "Minimum timed seconds per measurement.")
+flags.DEFINE_integer("repeats", 1, "Measurements per framework and batch size, taken in turns "
+                     "(framework after framework, then again); the table shows the median and "
+                     "the range, so that a noisy moment does not decide a ratio.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 flags.DEFINE_string("worker", "", "Internal: measure one framework in this process.")
@@ -178,15 +182,33 @@ def measure(framework, batch_size):
   return {"framework": framework, "batch_size": batch_size, "error": last}
 
 
+def summarise(runs):
+  """One row per (framework, batch): the median rate over its repeats, and their range."""
+  rows = []
+  for key in dict.fromkeys((r["framework"], r["batch_size"]) for r in runs):
+    measured = [r for r in runs if (r["framework"], r["batch_size"]) == key]
+    ok = [r for r in measured if "error" not in r]
+    if not ok:
+      rows.append(measured[0])
+      continue
+    rates = sorted(r["images_per_second"] for r in ok)
+    rows.append({**ok[0], "images_per_second": float(np.median(rates)),
+                 "images_per_second_all": rates,
+                 "first_step_seconds": float(np.median([r["first_step_seconds"] for r in ok]))})
+  return rows
+
+
 def main(argv):
   del argv
   if FLAGS.worker:
     return run_worker()
-  results = [measure(f, int(b)) for b in FLAGS.batch_sizes for f in FLAGS.frameworks]
+  runs = [measure(f, int(b)) for b in FLAGS.batch_sizes for _ in range(FLAGS.repeats)
+          for f in FLAGS.frameworks]
+  results = summarise(runs)
   print(f"\nSeed CNN training step, synthetic batch, {os.cpu_count()} CPUs, "
-        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}")
+        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, median of {FLAGS.repeats}")
   print(f"{'framework':<18}{'version':<12}{'batch':>6}{'first step s':>14}{'img/s':>10}"
-        f"{'jax / this':>12}")
+        f"{'jax / this':>12}  range")
   for r in results:
     if "error" in r:
       print(f"{r['framework']:<18}{'-':<12}{r['batch_size']:>6}  not measured: {r['error']}")
@@ -194,11 +216,13 @@ def main(argv):
     jax_rate = next((x["images_per_second"] for x in results if x["framework"] == "jax"
                      and x["batch_size"] == r["batch_size"] and "error" not in x), None)
     ratio = f"{jax_rate / r['images_per_second']:.2f}x" if jax_rate else "-"
+    spread = "-".join(f"{v:.0f}" for v in (r["images_per_second_all"][0],
+                                            r["images_per_second_all"][-1]))
     print(f"{r['framework']:<18}{r['version']:<12}{r['batch_size']:>6}"
-          f"{r['first_step_seconds']:>14.2f}{r['images_per_second']:>10.1f}{ratio:>12}")
+          f"{r['first_step_seconds']:>14.2f}{r['images_per_second']:>10.1f}{ratio:>12}  {spread}")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump({"summary": results, "runs": runs}, f, indent=2)
 
 
 if __name__ == "__main__":
