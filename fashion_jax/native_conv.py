@@ -74,7 +74,7 @@ def _build(compiler: str) -> str:
     os.close(fd)
     try:
         result = subprocess.run([compiler, *flags, SOURCE, "-o", partial],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, timeout=600)
         if result.returncode:
             raise RuntimeError(f"{compiler} failed on {SOURCE}:\n{result.stderr[-2000:]}")
         os.replace(partial, library)
@@ -99,8 +99,8 @@ def _load() -> str:
         return "no C++ compiler found (set CXX, or install g++)"
     try:
         library = ctypes.cdll.LoadLibrary(_build(compiler))
-    except (OSError, RuntimeError) as e:
-        return str(e)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        return str(e)  # Also an unwritable cache folder or a compiler that hangs.
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.Conv3x3Forward),
                                 platform="cpu")
     jax.ffi.register_ffi_target(INPUT_GRAD_TARGET, jax.ffi.pycapsule(library.Conv3x3InputGrad),

@@ -109,7 +109,7 @@ def _probe(tmp_path, **env):
             "print(repr(native_conv.unavailable_reason())); "
             "print(models._resolve_impl('auto', jax.ShapeDtypeStruct((1, 9, 9, 32), 'float32'),"
             " 1))")
-    env = dict(os.environ, FASHION_JAX_NATIVE_DIR=str(tmp_path / "native"), **env)
+    env = {**os.environ, "FASHION_JAX_NATIVE_DIR": str(tmp_path / "native"), **env}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0, result.stderr
@@ -124,6 +124,11 @@ def test_without_native_conv_auto_falls_back_to_winograd_with_a_reason(tmp_path)
     reason, impl = _probe(tmp_path, CXX="false")
     if "AVX-512" not in reason and "x86-64" not in reason:
         assert "false failed on" in reason and "native_conv.cc" in reason
+    assert impl == "winograd"
+    # A cache folder that cannot be created: the reason names it.
+    reason, impl = _probe(tmp_path, FASHION_JAX_NATIVE_DIR="/proc/fashion_jax_native")
+    if "AVX-512" not in reason and "x86-64" not in reason and "compiler" not in reason:
+        assert "/proc/fashion_jax_native" in reason
     assert impl == "winograd"
     assert not list((tmp_path / "native").glob("*.so"))  # No partial library left behind.
 
