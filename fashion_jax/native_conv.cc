@@ -1,16 +1,17 @@
 // Direct 3x3 VALID convolution (stride 1, NHWC input, HWIO kernel, float32) for XLA:CPU, as
 // XLA FFI custom calls: the forward pass, the input gradient (the same kernel on the padded
-// output gradient with the flipped, transposed kernel) and the kernel gradient. AVX-512.
+// output gradient with the flipped, transposed kernel) and the kernel gradient. AVX-512, or
+// AVX2 + FMA on CPUs without it.
 //
 // Why: XLA:CPU lowers a convolution to Eigen or, in fashion_jax's formulations, to im2col or
 // Winograd products whose expanded copies of the input dominate the step (README.md, Speed).
-// These kernels read the input where it lies and keep a tile of outputs in the 32 vector
+// These kernels read the input where it lies and keep a tile of outputs in the vector
 // registers, as oneDNN does.
 //
 // Forward: each image is walked as one flat sequence of pixels with row stride W, so output
 // "pixel" q = y * W + x reads input q + i * W + j for tap (i, j) at a fixed stride of Ci floats;
 // the two columns per row with x >= W - 2 are computed and not stored. A tile holds PX pixels x
-// NV vectors of 16 output channels.
+// NV vectors of kLanes output channels.
 //
 // Determinism: the forward pass writes each output once. The kernel gradient sums over a fixed
 // number of pixel parts (a function of the shapes only, not of the thread count), each summed in
@@ -23,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -30,6 +32,34 @@
 namespace ffi = xla::ffi;
 
 namespace {
+
+// The vector instructions: AVX-512 (16 floats, 32 registers) or AVX2 + FMA (8 floats, 16
+// registers), whichever the compiler targets (-march=native picks the best this CPU has).
+#if defined(__AVX512F__)
+using Vec = __m512;
+constexpr int kLanes = 16;
+constexpr int kAccumulators = 24;  // Of 32 registers; the rest hold weights and a broadcast.
+inline Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+inline void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec Broadcast(float x) { return _mm512_set1_ps(x); }
+inline Vec Zero() { return _mm512_setzero_ps(); }
+inline Vec MulAdd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+#elif defined(__AVX2__) && defined(__FMA__)
+using Vec = __m256;
+constexpr int kLanes = 8;
+constexpr int kAccumulators = 12;  // Of 16 registers.
+inline Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+inline void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec Broadcast(float x) { return _mm256_set1_ps(x); }
+inline Vec Zero() { return _mm256_setzero_ps(); }
+inline Vec MulAdd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+#else
+#error "native_conv.cc needs AVX-512 or AVX2 with FMA"
+#endif
 
 struct ParallelState {
   std::atomic<int64_t> next{0};
@@ -62,6 +92,20 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t parts, const F& body) {
   while (state->done.load() < parts) _mm_pause();
 }
 
+// Register tiles by output channels (a multiple of kLanes): NV vectors of kLanes channels times
+// `tile` pixels (forward) or input taps (kernel gradient), kAccumulators in all.
+// Calls run(nv, tile) with both as std::integral_constant.
+template <typename F>
+void ByOutputChannels(int64_t co, const F& run) {
+  using std::integral_constant;
+  if (co % (4 * kLanes) == 0)
+    run(integral_constant<int, 4>{}, integral_constant<int, kAccumulators / 4>{});
+  else if (co % (2 * kLanes) == 0)
+    run(integral_constant<int, 2>{}, integral_constant<int, kAccumulators / 2>{});
+  else
+    run(integral_constant<int, 1>{}, integral_constant<int, kAccumulators>{});
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: y[b, y, x, :] = bias + sum_{i, j, c} in[b, y + i, x + j, c] * w[i, j, c, :], then
 // optionally ReLU.
@@ -72,35 +116,35 @@ template <int NV, int PX>
 inline void ForwardTile(const float* in, int64_t width, int64_t ci, const float* w, int64_t co,
                         const float* bias, bool relu, float* out_image, int64_t out_w,
                         int64_t q0) {
-  __m512 acc[PX][NV];
+  Vec acc[PX][NV];
   for (int p = 0; p < PX; ++p)
-    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[p][v] = Zero();
   // For kernel row i, taps (j, c) are k = j * ci + c in [0, 3 ci): contiguous in the input
   // (pixel p's window row starts at p * ci) and in the HWIO kernel.
   for (int i = 0; i < 3; ++i) {
     const float* ip = in + i * width * ci;
     const float* wp = w + i * 3 * ci * co;
     for (int64_t k = 0; k < 3 * ci; ++k) {
-      __m512 wv[NV];
-      for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wp + k * co + 16 * v);
+      Vec wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = Load(wp + k * co + kLanes * v);
       for (int p = 0; p < PX; ++p) {
-        const __m512 a = _mm512_set1_ps(ip[p * ci + k]);
-        for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(a, wv[v], acc[p][v]);
+        const Vec a = Broadcast(ip[p * ci + k]);
+        for (int v = 0; v < NV; ++v) acc[p][v] = MulAdd(a, wv[v], acc[p][v]);
       }
     }
   }
   // Epilogue: + bias, then ReLU, on the registers before the one store.
-  __m512 b[NV];
-  for (int v = 0; v < NV; ++v) b[v] = bias ? _mm512_loadu_ps(bias + 16 * v) : _mm512_setzero_ps();
-  const __m512 zero = _mm512_setzero_ps();
+  Vec b[NV];
+  for (int v = 0; v < NV; ++v) b[v] = bias ? Load(bias + kLanes * v) : Zero();
+  const Vec zero = Zero();
   for (int p = 0; p < PX; ++p) {
     const int64_t q = q0 + p, row = q / width, col = q % width;
     if (col >= out_w) continue;
     float* op = out_image + (row * out_w + col) * co;
     for (int v = 0; v < NV; ++v) {
-      __m512 value = _mm512_add_ps(acc[p][v], b[v]);
-      if (relu) value = _mm512_max_ps(value, zero);
-      _mm512_storeu_ps(op + 16 * v, value);
+      Vec value = Add(acc[p][v], b[v]);
+      if (relu) value = Max(value, zero);
+      Store(op + kLanes * v, value);
     }
   }
 }
@@ -122,7 +166,7 @@ void ForwardPart(const ForwardShape& s, const float* x, const float* w, const fl
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     // The last tile is moved back to end at the last pixel (it recomputes a few pixels).
     const int64_t q0 = std::min(t * PX, flat - PX);
-    for (int64_t g = 0; g < s.co; g += 16 * NV)
+    for (int64_t g = 0; g < s.co; g += kLanes * NV)
       ForwardTile<NV, PX>(image + q0 * s.ci, s.width, s.ci, w + g, s.co,
                           bias ? bias + g : nullptr, relu, out_image + g, s.out_w(), q0);
   }
@@ -152,17 +196,15 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   const auto d = x.dimensions();
   const auto k = w.dimensions();
   if (d.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != d[3] ||
-      k[3] % 16 != 0 || d[1] < 3 || d[2] < 3 || bias.element_count() != k[3])
+      k[3] % kLanes != 0 || d[1] < 3 || d[2] < 3 || bias.element_count() != k[3])
     return ffi::Error::InvalidArgument(
-        "conv3x3 forward: needs x [N, H>=3, W>=3, C], w [3, 3, C, 16k] and bias [16k]");
+        "conv3x3 forward: needs x [N, H>=3, W>=3, C], w [3, 3, C, Co] and bias [Co], "
+        "Co a multiple of the vector width");
   const ForwardShape s{d[0], d[1], d[2], d[3], k[3]};
   const float* b = bias.typed_data();
-  if (s.co % 64 == 0)
-    Forward<4, 6>(pool, s, x.typed_data(), w.typed_data(), b, relu, y->typed_data());
-  else if (s.co % 32 == 0)
-    Forward<2, 12>(pool, s, x.typed_data(), w.typed_data(), b, relu, y->typed_data());
-  else
-    Forward<1, 24>(pool, s, x.typed_data(), w.typed_data(), b, relu, y->typed_data());
+  ByOutputChannels(s.co, [&](auto nv, auto tile) {
+    Forward<nv(), tile()>(pool, s, x.typed_data(), w.typed_data(), b, relu, y->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -204,16 +246,14 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Bu
   const auto d = dy.dimensions();
   const auto k = wt.dimensions();
   if (d.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != d[3] ||
-      k[3] % 16 != 0)
+      k[3] % kLanes != 0)
     return ffi::Error::InvalidArgument(
-        "conv3x3 input gradient: needs dy [N, H, W, Co] and wt [3, 3, Co, 16k]");
+        "conv3x3 input gradient: needs dy [N, H, W, Co] and wt [3, 3, Co, Ci], "
+        "Ci a multiple of the vector width");
   const ForwardShape g{d[0], d[1], d[2], d[3], k[3]};  // Input dy, output dx channels.
-  if (g.co % 64 == 0)
-    InputGrad<4, 6>(pool, g, dy.typed_data(), wt.typed_data(), dx->typed_data());
-  else if (g.co % 32 == 0)
-    InputGrad<2, 12>(pool, g, dy.typed_data(), wt.typed_data(), dx->typed_data());
-  else
-    InputGrad<1, 24>(pool, g, dy.typed_data(), wt.typed_data(), dx->typed_data());
+  ByOutputChannels(g.co, [&](auto nv, auto tile) {
+    InputGrad<nv(), tile()>(pool, g, dy.typed_data(), wt.typed_data(), dx->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -226,25 +266,25 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Bu
 template <int NV, int CT, bool kPartial>
 inline void WeightTile(const float* in, int64_t width, int64_t ci, const float* dy,
                        int64_t out_w, int64_t co, int64_t rows, float* dw, int64_t nct) {
-  __m512 acc[CT][NV];
+  Vec acc[CT][NV];
   for (int c = 0; c < CT; ++c)
     for (int v = 0; v < NV; ++v)
-      acc[c][v] = c < nct ? _mm512_loadu_ps(dw + c * co + 16 * v) : _mm512_setzero_ps();
+      acc[c][v] = c < nct ? Load(dw + c * co + kLanes * v) : Zero();
   for (int64_t r = 0; r < rows; ++r) {
     const float* ip = in + r * width * ci;
     const float* dp = dy + r * out_w * co;
     for (int64_t x = 0; x < out_w; ++x) {
-      __m512 d[NV];
-      for (int v = 0; v < NV; ++v) d[v] = _mm512_loadu_ps(dp + x * co + 16 * v);
+      Vec d[NV];
+      for (int v = 0; v < NV; ++v) d[v] = Load(dp + x * co + kLanes * v);
       for (int c = 0; c < CT; ++c) {
         if (kPartial && c >= nct) break;
-        const __m512 a = _mm512_set1_ps(ip[x * ci + c]);
-        for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(a, d[v], acc[c][v]);
+        const Vec a = Broadcast(ip[x * ci + c]);
+        for (int v = 0; v < NV; ++v) acc[c][v] = MulAdd(a, d[v], acc[c][v]);
       }
     }
   }
   for (int c = 0; c < nct; ++c)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(dw + c * co + 16 * v, acc[c][v]);
+    for (int v = 0; v < NV; ++v) Store(dw + c * co + kLanes * v, acc[c][v]);
 }
 
 template <int NV, int CT>
@@ -256,7 +296,7 @@ void WeightRows(const ForwardShape& s, const float* in, const float* dy, int64_t
     for (int64_t k = 0; k < taps; k += CT) {
       const int64_t nct = std::min<int64_t>(CT, taps - k);
       const float* ip = in + i * s.width * s.ci + k;
-      for (int64_t g = 0; g < s.co; g += 16 * NV) {
+      for (int64_t g = 0; g < s.co; g += kLanes * NV) {
         float* tile = dw + (i * taps + k) * s.co + g;
         if (nct == CT)
           WeightTile<NV, CT, false>(ip, s.width, s.ci, dy + g, s.out_w(), s.co, rows, tile, CT);
@@ -306,20 +346,21 @@ ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const auto d = x.dimensions();
   const auto g = dy.dimensions();
   if (d.size() != 4 || g.size() != 4 || g[0] != d[0] || g[1] != d[1] - 2 || g[2] != d[2] - 2 ||
-      g[3] % 16 != 0)
+      g[3] % kLanes != 0)
     return ffi::Error::InvalidArgument(
-        "conv3x3 kernel gradient: needs x [N, H, W, C] and dy [N, H-2, W-2, 16k]");
+        "conv3x3 kernel gradient: needs x [N, H, W, C] and dy [N, H-2, W-2, Co], "
+        "Co a multiple of the vector width");
   const ForwardShape s{d[0], d[1], d[2], d[3], g[3]};
-  if (s.co % 64 == 0)
-    WeightGrad<4, 6>(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data());
-  else if (s.co % 32 == 0)
-    WeightGrad<2, 12>(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data());
-  else
-    WeightGrad<1, 24>(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data());
+  ByOutputChannels(s.co, [&](auto nv, auto tile) {
+    WeightGrad<nv(), tile()>(pool, s, x.typed_data(), dy.typed_data(), dw->typed_data());
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+// Floats per vector (the output channel multiple the kernels need): 16 or 8.
+extern "C" int Conv3x3Lanes() { return kLanes; }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3Forward, ForwardImpl,
                               ffi::Ffi::Bind()

@@ -1,18 +1,20 @@
 """A direct 3x3 convolution for XLA:CPU, compiled from native_conv.cc on first use.
 
 XLA:CPU has no fast convolution for this CNN: its own (Eigen), im2col and Winograd all spend most
-of the step copying expanded inputs (README.md, Speed). native_conv.cc is a direct AVX-512
-convolution registered as XLA FFI custom calls: the forward pass; the input gradient (the forward
-pass on the zero-padded output gradient with the kernel flipped and transposed, padding one image
-at a time in cache); and the kernel gradient. `conv3x3_valid` ties them together with a custom
-VJP; it can also add the bias and apply ReLU in the forward kernel, saving a pass over the output.
+of the step copying expanded inputs (README.md, Speed). native_conv.cc is a direct convolution
+(AVX-512, or AVX2 + FMA) registered as XLA FFI custom calls: the forward pass; the input gradient
+(the forward pass on the zero-padded output gradient with the kernel flipped and transposed,
+padding one image at a time in cache); and the kernel gradient. `conv3x3_valid` ties them together
+with a custom VJP; it can also add the bias and apply ReLU in the forward kernel, saving a pass
+over the output.
 
-Building: the C++ file is compiled once per machine type with the system C++ compiler
-(`$CXX`, else c++ or g++; -O3 -march=native) against the XLA FFI headers that ship with jaxlib,
-into $FASHION_JAX_NATIVE_DIR (default ~/.cache/fashion_jax/native), keyed by the source, jaxlib
-version, compiler and CPU, so a shared home directory on a mixed cluster is safe. `available()`
-says whether it could be built and loaded here (x86-64 with AVX-512 and a compiler); when not,
-models.conv3x3's "auto" keeps the pure-XLA formulations and the reason is logged once.
+Building: the C++ file is compiled once per machine type with the system C++ compiler (`$CXX`,
+else c++ or g++; -O3 -march=native, or -march=$FASHION_JAX_NATIVE_MARCH) against the XLA FFI
+headers that ship with jaxlib, into $FASHION_JAX_NATIVE_DIR (default ~/.cache/fashion_jax/native),
+keyed by the source, flags, jaxlib version, compiler and CPU, so a shared home directory on a
+mixed cluster is safe. `available()` says whether it could be built and loaded here (x86-64 with
+AVX-512 or AVX2 + FMA, and a compiler); when not, models.conv3x3's "auto" keeps the pure-XLA
+formulations and the reason is logged once.
 """
 
 import ctypes
@@ -33,7 +35,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_conv.c
 FORWARD_TARGET = "fashion_jax_conv3x3_forward"
 INPUT_GRAD_TARGET = "fashion_jax_conv3x3_input_grad"
 KERNEL_GRAD_TARGET = "fashion_jax_conv3x3_kernel_grad"
-CHANNEL_MULTIPLE = 16  # The kernels' output channels come in AVX-512 vectors of 16 floats.
+_library_lanes = []  # Floats per vector of the loaded library (16 AVX-512, 8 AVX2), once loaded.
 
 
 def _compiler():
@@ -56,7 +58,8 @@ def _cpu_identity() -> str:
 def _build(compiler: str) -> str:
     """Path of the shared library, compiling it unless a matching one is cached."""
     import jaxlib  # For the version in the cache key.
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+    march = os.environ.get("FASHION_JAX_NATIVE_MARCH", "native")
+    flags = ["-O3", f"-march={march}", "-std=c++17", "-shared", "-fPIC", "-w",
              "-I" + jax.ffi.include_dir()]
     with open(SOURCE, "rb") as f:
         source = f.read()
@@ -91,9 +94,10 @@ def _load() -> str:
     if os.environ.get("FASHION_JAX_NO_NATIVE_CONV"):
         return "FASHION_JAX_NO_NATIVE_CONV is set"
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"needs x86-64 with AVX-512, this is {platform.machine()}"
-    if "avx512f" not in _cpu_identity():
-        return "this CPU has no AVX-512"
+        return f"needs x86-64 with AVX-512 or AVX2, this is {platform.machine()}"
+    cpu_flags = set(_cpu_identity().split())
+    if "avx512f" not in cpu_flags and not {"avx2", "fma"} <= cpu_flags:
+        return "this CPU has neither AVX-512 nor AVX2 with FMA"
     compiler = _compiler()
     if compiler is None:
         return "no C++ compiler found (set CXX, or install g++)"
@@ -101,6 +105,7 @@ def _load() -> str:
         library = ctypes.cdll.LoadLibrary(_build(compiler))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         return str(e)  # Also an unwritable cache folder or a compiler that hangs.
+    _library_lanes.append(library.Conv3x3Lanes())
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.Conv3x3Forward),
                                 platform="cpu")
     jax.ffi.register_ffi_target(INPUT_GRAD_TARGET, jax.ffi.pycapsule(library.Conv3x3InputGrad),
@@ -124,11 +129,18 @@ def available() -> bool:
     return not reason
 
 
-def _pad_channels(array, multiple=CHANNEL_MULTIPLE):
-    """Zero-pads the last axis to a multiple of 16 (the kernels' vector width); returns it and
-    the original size, to crop results back."""
+def lanes() -> int:
+    """Floats per vector in the loaded kernels: output channels are padded to a multiple of it."""
+    if not available():
+        raise RuntimeError(f"native convolution unavailable: {unavailable_reason()}")
+    return _library_lanes[0]
+
+
+def _pad_channels(array):
+    """Zero-pads the last axis to a multiple of the kernels' vector width; returns it and the
+    original size, to crop results back."""
     channels = array.shape[-1]
-    pad = -channels % multiple
+    pad = -channels % lanes()
     if pad:
         array = jnp.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, pad)])
     return array, channels

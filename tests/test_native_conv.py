@@ -143,3 +143,36 @@ def test_build_is_cached_per_source_and_reused(tmp_path, monkeypatch):
     assert native_conv._build(compiler) == library  # Reused, not rebuilt.
     assert os.stat(library).st_mtime_ns == built_at
     assert os.listdir(tmp_path) == [os.path.basename(library)]
+
+
+AVX2_CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+from fashion_jax import native_conv
+x = jax.random.normal(jax.random.key(0), (2, 11, 9, 12))
+kernel = jax.random.normal(jax.random.key(1), (3, 3, 12, 40)) * 0.2
+bias = jax.random.normal(jax.random.key(2), (40,))
+def ours(x, k, b):
+    return jnp.sum(jnp.tanh(native_conv.conv3x3_valid(x, k, b, relu=True)))
+def expected(x, k, b):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", precision="highest",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(jax.nn.relu(y + b)))
+a = jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(x, kernel, bias)
+b = jax.grad(expected, argnums=(0, 1, 2))(x, kernel, bias)
+print("lanes", native_conv.lanes(), "error", max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(a, b)))
+"""
+
+
+def test_avx2_build_matches_xla_conv(tmp_path):
+    """The AVX2 + FMA variant (8-float vectors, 12 accumulators), for CPUs without AVX-512, built
+    with -march=haswell on this machine."""
+    if REASON or not {"avx2", "fma"} <= set(native_conv._cpu_identity().split()):
+        pytest.skip(f"needs a CPU with AVX2 and FMA and a compiler ({REASON or 'no AVX2'})")
+    env = {**os.environ, "FASHION_JAX_NATIVE_DIR": str(tmp_path),
+           "FASHION_JAX_NATIVE_MARCH": "haswell"}
+    result = subprocess.run([sys.executable, "-c", AVX2_CHECK], capture_output=True, text=True,
+                            env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr[-3000:]
+    words = result.stdout.split()
+    assert words[:2] == ["lanes", "8"]  # 40 output channels: 5 vectors, tiles of 1 vector.
+    assert float(words[3]) < 1e-4
