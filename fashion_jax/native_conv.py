@@ -102,10 +102,13 @@ def _load() -> str:
     if compiler is None:
         return "no C++ compiler found (set CXX, or install g++)"
     try:
-        library = ctypes.cdll.LoadLibrary(_build(compiler))
+        path = _build(compiler)
+        library = ctypes.cdll.LoadLibrary(path)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         return str(e)  # Also an unwritable cache folder or a compiler that hangs.
     _library_lanes.append(library.Conv3x3Lanes())
+    logging.info("Native CPU convolution loaded from %s (%d-float vectors)", path,
+                 _library_lanes[0])
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.Conv3x3Forward),
                                 platform="cpu")
     jax.ffi.register_ffi_target(INPUT_GRAD_TARGET, jax.ffi.pycapsule(library.Conv3x3InputGrad),
