@@ -205,8 +205,11 @@ def main(argv):
   runs = [measure(f, int(b)) for b in FLAGS.batch_sizes for _ in range(FLAGS.repeats)
           for f in FLAGS.frameworks]
   results = summarise(runs)
+  from fashion_jax import native_conv  # What "auto" runs on this CPU, for the record.
+  native = native_conv.unavailable_reason() or f"built, {native_conv.lanes()}-float vectors"
   print(f"\nSeed CNN training step, synthetic batch, {os.cpu_count()} CPUs, "
-        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, median of {FLAGS.repeats}")
+        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, median of {FLAGS.repeats}; "
+        f"native convolution: {native}")
   print(f"{'framework':<18}{'version':<12}{'batch':>6}{'first step s':>14}{'img/s':>10}"
         f"{'jax / this':>12}  range")
   for r in results:
