@@ -5,8 +5,8 @@ Input uint8 or float [B, 80, 60, 3] already scaled to [0, 1]. Three blocks of fi
 Dense 1024 + ReLU -> Dropout -> Dense(num_classes) logits.
 
 Formulations chosen for CPU speed keep the parameters and the maths of the Keras layers: the 3x3
-convolution is a direct AVX-512 kernel compiled on first use (fashion_jax/native_conv.py) where it
-can be built, else Winograd's F(2x2, 3x3) (fashion_jax/winograd.py) where the input has 16+
+convolution is a direct AVX-512 / AVX2 kernel compiled on first use (fashion_jax/native_conv.py)
+where it can be built, else Winograd's F(2x2, 3x3) (fashion_jax/winograd.py) where the input has 16+
 channels, else an im2col (nine shifted slices concatenated on channels) and one matrix product; the
 2x2 max pool is a reshape and max. On these CPUs XLA's own convolution and `nn.max_pool`
 (select-and-scatter backward) were markedly slower (see bench/).
@@ -52,32 +52,39 @@ def _resolve_impl(impl: str, x, strides: int) -> str:
     return "im2col" if impl in ("winograd", "native") and strides != 1 else impl
 
 
-def conv3x3(x, kernel, strides: int = 1, padding: int = 0, impl: str = "auto"):
-    """3x3 convolution of NHWC `x` with an HWIO `kernel`, zero `padding` on each side.
+def conv3x3(x, kernel, strides: int = 1, padding: int = 0, impl: str = "auto", bias=None,
+            relu: bool = False):
+    """3x3 convolution of NHWC `x` with an HWIO `kernel`, zero `padding` on each side, then
+    + `bias` and ReLU when given (in the kernel's registers with "native").
 
-    "native": the direct AVX-512 kernel of native_conv (CPU, float32, stride 1; strided
+    "native": the direct AVX-512 / AVX2 kernel of native_conv (CPU, float32, stride 1; strided
     convolutions use im2col); "winograd": F(2x2, 3x3) (stride 1 only, likewise); "im2col": the
     nine (strided) shifted slices concatenated on channels and one matmul; "xla":
     lax.conv_general_dilated (cuDNN on GPU); "auto": on CPU native where it can be built and there
     is one device, else winograd when the input has 16+ channels, else im2col; elsewhere xla.
     """
     impl = _resolve_impl(impl, x, strides)
-    if impl == "xla":
-        return jax.lax.conv_general_dilated(
-            x, kernel, (strides, strides), [(padding, padding)] * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if padding:
+    if padding and impl != "xla":
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if impl == "native":
-        return native_conv.conv3x3_valid(x, kernel)
-    if impl == "winograd":
-        return winograd.conv3x3_valid(x, kernel)
-    height = (x.shape[1] - 3) // strides + 1
-    width = (x.shape[2] - 3) // strides + 1
-    patches = jnp.concatenate(
-        [x[:, i:i + strides * (height - 1) + 1:strides, j:j + strides * (width - 1) + 1:strides]
-         for i in range(3) for j in range(3)], axis=-1)
-    return patches @ kernel.reshape(9 * x.shape[-1], kernel.shape[-1])
+        return native_conv.conv3x3_valid(x, kernel, bias, relu)
+    if impl == "xla":
+        y = jax.lax.conv_general_dilated(
+            x, kernel, (strides, strides), [(padding, padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    elif impl == "winograd":
+        y = winograd.conv3x3_valid(x, kernel)
+    else:
+        height = (x.shape[1] - 3) // strides + 1
+        width = (x.shape[2] - 3) // strides + 1
+        patches = jnp.concatenate(
+            [x[:, i:i + strides * (height - 1) + 1:strides,
+               j:j + strides * (width - 1) + 1:strides] for i in range(3) for j in range(3)],
+            axis=-1)
+        y = patches @ kernel.reshape(9 * x.shape[-1], kernel.shape[-1])
+    if bias is not None:
+        y = y + bias
+    return nn.relu(y) if relu else y
 
 
 class Conv3x3Valid(nn.Module):
@@ -95,10 +102,8 @@ class Conv3x3Valid(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", keras_kernel_init, (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        if _resolve_impl(self.impl, x, 1) == "native":
-            return native_conv.conv3x3_valid(x, kernel, bias, self.relu)
-        y = conv3x3(x, kernel.astype(x.dtype), impl=self.impl) + bias.astype(x.dtype)
-        return nn.relu(y) if self.relu else y
+        return conv3x3(x, kernel.astype(x.dtype), impl=self.impl, bias=bias.astype(x.dtype),
+                       relu=self.relu)
 
 
 def max_pool_2x2(x):

@@ -260,8 +260,8 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Bu
 // ---------------------------------------------------------------------------------------------
 // Kernel gradient: dw[i, j, c, :] = sum_{b, y, x} in[b, y + i, x + j, c] * dy[b, y, x, :].
 
-// Adds `rows` output rows (each out_w pixels) into dw[c0:c0+nct, g:g+16NV] for one tap; the
-// CT x NV accumulator tile stays in registers across the rows. kPartial: nct < CT (the last
+// Adds `rows` output rows (each out_w pixels) into dw[i, taps k0:k0+nct, g:g+kLanes*NV] of one
+// kernel row i; the CT x NV accumulator tile stays in registers across the rows. kPartial: nct < CT (the last
 // channel tile), so channels past nct are neither read nor stored.
 template <int NV, int CT, bool kPartial>
 inline void WeightTile(const float* in, int64_t width, int64_t ci, const float* dy,
