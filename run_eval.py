@@ -3,133 +3,127 @@
 Evaluate (checkpoints are read, never written; outputs go to --output_dir):
   python run_eval.py --workdirs=runs/adam,runs/sgd --output_dir=eval/adam_sgd
   python run_eval.py --workdirs=runs/multi_head --output_dir=eval/multi_head  # every head
-  python run_eval.py --workdirs=runs/adam --evaluators=single,soup --soup_last_epochs=5 \
-      --subsets=val,test --checkpoint=latest --output_dir=eval/adam_soup
+  python run_eval.py --workdirs=runs/adam --output_dir=eval/adam_soup \
+      --config.evaluators=single,soup --config.evals.soup.last_epochs=5 \
+      --config.subsets=val,test --config.checkpoint=latest
 
 Predict (one model, the ensemble of several, or a soup):
   python run_eval.py --workdirs=runs/adam --predict=new_photos/ --output=predictions.csv
-  python run_eval.py --workdirs=runs/adam,runs/sgd --predict=list.csv --predict_with=ensemble \
-      --output=predictions.csv --top_k=3 --review_threshold=0.98
+  python run_eval.py --workdirs=runs/adam,runs/sgd --predict=list.csv --output=predictions.csv \
+      --config.predict.combine=ensemble --config.predict.top_k=3 \
+      --config.predict.review_threshold=0.98
+
+Export for serving (ONNX needs pip install -e ".[export]"):
+  python run_eval.py --workdirs=runs/adam,runs/sgd --export=exported/adam_sgd \
+      --config.predict.combine=ensemble
+
+Every option is a field of the evaluation config (fashion_jax/evaluation/default_config.py),
+overridable as --config.<field>=<value>; all are checked before any checkpoint is read.
 """
 
+import os
 import sys
 
 from fashion_jax import launch
 
 if __name__ == "__main__":
-  launch.maybe_reexec_with_tcmalloc()
-
-import logging  # noqa: E402
+    launch.maybe_reexec_with_tcmalloc()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
+from fashion_jax import errors  # noqa: E402
 from fashion_jax import logging_setup  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "fashion_jax", "evaluation", "default_config.py"
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("workdirs", [], "Training workdirs: --workdirs=a,b or repeated.")
-flags.DEFINE_string("checkpoint", "best", "Which checkpoint of each workdir: best, latest or a "
-                    "step number.")
-flags.DEFINE_list("subsets", ["val", "test", "control"], "Subsets of the saved split to evaluate.")
-flags.DEFINE_list("evaluators", ["auto"], "Evaluators by name: single, ensemble, soup; auto: "
-                  "single, ensemble (with 2+ workdirs) and soup.")
 flags.DEFINE_string("output_dir", None, "Folder for report.json, report.md and the PNGs.")
-flags.DEFINE_list("ensemble_weights", [], "One weight per workdir (normalised); default equal.")
-flags.DEFINE_enum("soup_ingredients", "auto", ["auto", "workdirs", "last_epochs"],
-                  "Soup ingredients: each workdir's --checkpoint, or the epoch-end checkpoints "
-                  "kept in each workdir; auto: last_epochs for one workdir, else workdirs.")
-flags.DEFINE_integer("soup_last_epochs", 0, "last_epochs: use the last K (0: all kept).")
-flags.DEFINE_list("soups", ["uniform", "greedy"], "Soups to make: uniform, greedy.")
-flags.DEFINE_integer("bn_batches", 100, "Training batches that recompute a soup's BatchNorm "
-                     "statistics (0: keep the averaged statistics).")
-flags.DEFINE_integer("bn_batch_size", 0, "Batch size of that recalibration; 0: the training one.")
-flags.DEFINE_integer("batch_size", 256, "Inference batch size.")
-flags.DEFINE_integer("ece_bins", 15, "Confidence bins of the expected calibration error.")
-flags.DEFINE_float("target_precision", 0.995, "Selective prediction: the review threshold is "
-                   "the lowest top-1 probability whose accepted val images reach this precision; "
-                   "coverage and precision are then reported on every subset.")
-flags.DEFINE_integer("gallery_size", 24, "Misclassified images per gallery PNG.")
-flags.DEFINE_string("data_dir", "", "Dataset folder; default: the training config's, else "
-                    "$FASHION_DATA_DIR.")
 flags.DEFINE_string("predict", None, "Classify new photos: a folder or a CSV with a 'path' column.")
 flags.DEFINE_string("output", "predictions.csv", "With --predict: the CSV to write.")
-flags.DEFINE_enum("predict_with", "auto", ["auto", "single", "ensemble", "uniform_soup",
-                                           "greedy_soup"],
-                  "With --predict: auto is single for one workdir, else ensemble.")
-flags.DEFINE_integer("top_k", 3, "With --predict: labels and probabilities per image.")
-flags.DEFINE_float("review_threshold", None, "With --predict: add a needs_review column, 1 where "
-                   "the top-1 probability is below this (e.g. the report's review threshold).")
-flags.DEFINE_bool("progress_bar", True, "Show progress bars.")
-flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation: flip averages the "
-                  "probabilities of each image and its mirror image (for runs trained with "
-                  "--config.augment.flip).")
-flags.DEFINE_string("head", "", "Multi-head runs: evaluate this head only (default: every head, "
-                    "each in <output_dir>/<head>/, plus heads.md and the hierarchy check).")
+flags.DEFINE_string(
+    "export",
+    None,
+    "Write the model (or the ensemble or soup of --config.predict.combine) to this folder as "
+    "model.onnx, model.jax_export and labels.json, for serving without this repository.",
+)
+config_flags.DEFINE_config_file(
+    "config", DEFAULT_CONFIG, "Evaluation configuration file.", lock_config=True
+)
 
 
-class _DropReadOnlyNotes(logging.Filter):
-  """Orbax warns on every read-only open, which is how the evaluator always opens checkpoints."""
+def _predict_or_export(workdirs, config):
+    from fashion_jax.evaluation import runner
+    from fashion_jax.inference import classifier
+    from fashion_jax.inference import export
+    from fashion_jax.inference import predict_files
 
-  def filter(self, record):
-    return not ("read only" in str(record.msg) or "read_only=True" in str(record.msg))
-
-
-def options_from_flags():
-  from fashion_jax.evaluation import context
-  try:
-    weights = tuple(float(w) for w in FLAGS.ensemble_weights)
-  except ValueError:
-    raise app.UsageError(f"--ensemble_weights={','.join(FLAGS.ensemble_weights)}: give numbers, "
-                         "e.g. --ensemble_weights=0.6,0.4") from None
-  return context.EvalOptions(
-      checkpoint=FLAGS.checkpoint, subsets=tuple(FLAGS.subsets),
-      evaluators=tuple(FLAGS.evaluators),
-      ensemble_weights=weights,
-      soup_ingredients=FLAGS.soup_ingredients, soup_last_epochs=FLAGS.soup_last_epochs,
-      soups=tuple(FLAGS.soups), bn_batches=FLAGS.bn_batches, bn_batch_size=FLAGS.bn_batch_size,
-      batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
-      target_precision=FLAGS.target_precision, gallery_size=FLAGS.gallery_size,
-      head=FLAGS.head, tta=FLAGS.tta,
-      data_dir=FLAGS.data_dir, progress_bar=FLAGS.progress_bar)
+    outputs = [FLAGS.export] * bool(FLAGS.export)
+    if FLAGS.predict:
+        outputs.append(os.path.dirname(os.path.abspath(FLAGS.output)))
+        predict_files.count_inputs(FLAGS.predict)  # A bad --predict fails before any work.
+    for output in outputs:
+        runner.check_output_dir(output, workdirs)
+    clf = classifier.load_classifier(workdirs, config=config)
+    if FLAGS.export:
+        written = export.export(clf, FLAGS.export)
+        print(f"Exported {clf.description}: " + ", ".join(written.values()))
+    if FLAGS.predict:
+        review = config.predict.review_threshold
+        counts = predict_files.predict_files(
+            FLAGS.predict,
+            clf,
+            FLAGS.output,
+            config.predict.top_k,
+            logging_setup.progress_bars_wanted(config.progress_bar),
+            review if review >= 0 else None,
+        )
+        print(
+            f"{FLAGS.output}: {counts.predicted} images predicted with {clf.description}, "
+            f"{counts.failed} could not be read."
+        )
+        if counts.exit_code:
+            raise errors.InputError(f"no image of {FLAGS.predict} could be read.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from fashion_jax.evaluation import predict
-  from fashion_jax.evaluation import report
-  from fashion_jax.evaluation import runner
-  from fashion_jax.evaluation import soup
-  from fashion_jax.restore import RestoreError
-  from fashion_jax.styles import DataError
-  logging_setup.quiet_library_logs()
-  absl_logging.get_absl_handler().addFilter(_DropReadOnlyNotes())
-  workdirs = [w for value in FLAGS.workdirs for w in value.split(",") if w.strip()]
-  try:
-    options = options_from_flags()
-    if FLAGS.predict:
-      counts = runner.predict(workdirs, options, FLAGS.predict, FLAGS.output,
-                              FLAGS.predict_with, FLAGS.top_k, FLAGS.review_threshold)
-      print(f"{FLAGS.output}: {counts.predicted} images predicted, {counts.failed} could not "
-            "be read.")
-      if counts.exit_code:
-        sys.exit(f"run_eval.py: no image of {FLAGS.predict} could be read.")
-      return
-    if not FLAGS.output_dir:
-      raise app.UsageError("Pass --output_dir for the report (or --predict to classify photos).")
-    result = runner.evaluate(workdirs, options, FLAGS.output_dir)
-    if "results" in result:
-      print(report.summary_table(result))
-      print(f"Report: {FLAGS.output_dir}/{report.REPORT_MD}")
-    else:  # A multi-head run: one report per head.
-      for head, head_report in result.items():
-        print(f"== {head} ==\n{report.summary_table(head_report)}")
-      print(f"Reports: {FLAGS.output_dir}/<head>/{report.REPORT_MD}; per-head summary and "
-            f"hierarchy: {FLAGS.output_dir}/heads.md")
-  except (DataError, RestoreError, runner.EvalError, soup.SoupError, predict.InputError) as e:
-    sys.exit(f"run_eval.py: {e}")
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from fashion_jax.evaluation import config_checks
+    from fashion_jax.evaluation import report_markdown
+    from fashion_jax.evaluation import runner
+
+    logging_setup.quiet_library_logs()
+    config = FLAGS.config
+    workdirs = [w for value in FLAGS.workdirs for w in value.split(",") if w.strip()]
+    try:
+        predicting = bool(FLAGS.predict or FLAGS.export)
+        config_checks.check_eval_config(config, len(workdirs), predicting=predicting)
+        if not predicting and not FLAGS.output_dir:
+            raise errors.ConfigError(
+                "Pass --output_dir for the report (or --predict to classify photos, or --export)."
+            )
+        if predicting:
+            _predict_or_export(workdirs, config)
+            return
+        result = runner.evaluate(workdirs, config, FLAGS.output_dir)
+        if "results" in result:
+            print(report_markdown.summary_table(result))
+            print(f"Report: {FLAGS.output_dir}/report.md")
+        else:  # A multi-head run: one report per head.
+            for head, head_report in result.items():
+                print(f"== {head} ==\n{report_markdown.summary_table(head_report)}")
+            print(
+                f"Reports: {FLAGS.output_dir}/<head>/report.md; per-head summary and "
+                f"hierarchy: {FLAGS.output_dir}/heads.md"
+            )
+    except errors.UserError as e:
+        sys.exit(f"run_eval.py: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -12,21 +12,24 @@ import sys
 from fashion_jax import launch
 
 if __name__ == "__main__":
-  launch.maybe_reexec_with_tcmalloc()
+    launch.maybe_reexec_with_tcmalloc()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from fashion_jax import errors  # noqa: E402
 from fashion_jax import logging_setup  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize(), detecting the cluster from the launcher "
-                  "(SLURM, Open MPI, Kubernetes, TPU) for values not given below.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize(), detecting the cluster from the launcher "
+    "(SLURM, Open MPI, Kubernetes, TPU) for values not given below.",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
@@ -34,20 +37,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from fashion_jax import parallel
-  from fashion_jax import train
-  from fashion_jax.styles import DataError
-  from fashion_jax.train import NonFiniteLossError
-  logging_setup.quiet_library_logs()
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id, auto=FLAGS.distributed)
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (DataError, NonFiniteLossError) as e:
-    sys.exit(f"run_train.py: {e}")
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from fashion_jax.training import config_checks
+    from fashion_jax.training import parallel
+    from fashion_jax.training import train
+
+    logging_setup.quiet_library_logs()
+    try:
+        config_checks.check_train_config(
+            FLAGS.config, FLAGS.workdir
+        )  # Before any data, device or compile work.
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
+        )
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except errors.UserError as e:
+        sys.exit(f"run_train.py: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

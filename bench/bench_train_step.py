@@ -22,21 +22,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fashion_jax import launch  # noqa: E402
 
 if __name__ == "__main__":
-  launch.maybe_reexec_with_tcmalloc()
+    launch.maybe_reexec_with_tcmalloc()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fashion_jax.training import state as state_lib
+from fashion_jax.training import steps
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["32", "128", "256"], "Batch sizes to measure.")
-flags.DEFINE_list("frameworks", ["jax", "torch", "keras"],
-                  "Frameworks to measure: jax, jax_winograd, jax_im2col, jax_xla_conv, jax_bf16, "
-                  "jax_small_resnet, torch, keras.")
+flags.DEFINE_list(
+    "frameworks",
+    ["jax", "torch", "keras"],
+    "Frameworks to measure: jax, jax_winograd, jax_im2col, jax_xla_conv, jax_bf16, "
+    "jax_small_resnet, torch, keras.",
+)
 flags.DEFINE_float("seconds", 15.0, "Minimum timed seconds per measurement.")
-flags.DEFINE_integer("repeats", 1, "Measurements per framework and batch size, taken in turns "
-                     "(framework after framework, then again); the table shows the median and "
-                     "the range, so that a noisy moment does not decide a ratio.")
+flags.DEFINE_integer(
+    "repeats",
+    1,
+    "Measurements per framework and batch size, taken in turns "
+    "(framework after framework, then again); the table shows the median and "
+    "the range, so that a noisy moment does not decide a ratio.",
+)
 flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 flags.DEFINE_string("worker", "", "Internal: measure one framework in this process.")
@@ -46,187 +56,262 @@ NUM_CLASSES, HEIGHT, WIDTH = 5, 80, 60
 
 
 def synthetic_batch(batch_size):
-  rng = np.random.default_rng(0)
-  return (rng.integers(0, 256, (batch_size, HEIGHT, WIDTH, 3), dtype=np.uint8),
-          rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32))
+    rng = np.random.default_rng(0)
+    return (
+        rng.integers(0, 256, (batch_size, HEIGHT, WIDTH, 3), dtype=np.uint8),
+        rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
+    )
 
 
 def time_steps(step, sync, batch_size):
-  """(first step seconds, images/s over >= FLAGS.seconds after warm-up)."""
-  start = time.perf_counter()
-  sync(step())
-  first = time.perf_counter() - start
-  for _ in range(FLAGS.warmup):
-    out = step()
-  sync(out)
-  steps, start = 0, time.perf_counter()
-  while True:
-    out = step()
-    steps += 1
-    if steps % 5 == 0:
-      sync(out)
-      elapsed = time.perf_counter() - start
-      if elapsed >= FLAGS.seconds:
-        return first, steps * batch_size / elapsed
+    """(first step seconds, images/s over >= FLAGS.seconds after warm-up)."""
+    start = time.perf_counter()
+    sync(step())
+    first = time.perf_counter() - start
+    for _ in range(FLAGS.warmup):
+        out = step()
+    sync(out)
+    steps, start = 0, time.perf_counter()
+    while True:
+        out = step()
+        steps += 1
+        if steps % 5 == 0:
+            sync(out)
+            elapsed = time.perf_counter() - start
+            if elapsed >= FLAGS.seconds:
+                return first, steps * batch_size / elapsed
 
 
 def bench_jax(batch_size, conv_impl="auto", model_name="seed_cnn", dtype="float32"):
-  import jax
-  from configs import default
-  from fashion_jax import models, optim, train
-  config = default.get_config()
-  config.model.conv_impl = conv_impl
-  config.model.name = model_name
-  config.model.dtype = dtype
-  model = models.create_model(config.model, NUM_CLASSES)
-  state = train.create_train_state(config, model, optim.create_learning_rate_fn(config.optimizer),
-                                   (HEIGHT, WIDTH, 3))
-  images, labels = synthetic_batch(batch_size)
-  batch = jax.device_put({"image": images, "label": labels})
-  rng = jax.random.key(0)
-  step_fn = jax.jit(train.train_step, donate_argnums=(0,))
-  holder = {"state": state}
+    import jax
 
-  def step():
-    holder["state"], metrics = step_fn(holder["state"], batch, rng)
-    return metrics["loss_sum"]
-  return time_steps(step, lambda x: x.block_until_ready(), batch_size), jax.__version__
+    from configs import default
+    from fashion_jax import models
+    from fashion_jax.training import optim
+
+    config = default.get_config()
+    config.model.conv_impl = conv_impl
+    config.model.name = model_name
+    config.model.dtype = dtype
+    model = models.create_model(config.model, NUM_CLASSES)
+    state = state_lib.create_train_state(
+        config, model, optim.create_learning_rate_fn(config.optimizer), (HEIGHT, WIDTH, 3)
+    )
+    images, labels = synthetic_batch(batch_size)
+    batch = jax.device_put({"image": images, "label": labels})
+    rng = jax.random.key(0)
+    step_fn = jax.jit(steps.train_step, donate_argnums=(0,))
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = step_fn(holder["state"], batch, rng)
+        return metrics["loss_sum"]
+
+    return time_steps(step, lambda x: x.block_until_ready(), batch_size), jax.__version__
 
 
 def bench_torch(batch_size):
-  import torch
-  from torch import nn
-  torch.set_num_threads(os.cpu_count())
-  layers, cin = [], 3
-  for features in (32, 64, 128):
-    for _ in range(2):
-      layers += [nn.Conv2d(cin, features, 3), nn.ReLU(),
-                 nn.BatchNorm2d(features, eps=1e-3, momentum=0.01)]
-      cin = features
-    layers += [nn.MaxPool2d(2), nn.Dropout(0.02)]
-  layers += [nn.Flatten(), nn.Dropout(0.02), nn.Linear(3072, 1024), nn.ReLU(), nn.Dropout(0.02),
-             nn.Linear(1024, NUM_CLASSES)]
-  model = nn.Sequential(*layers).to(memory_format=torch.channels_last)
-  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-  images, labels = synthetic_batch(batch_size)
-  images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
-      memory_format=torch.channels_last)
-  labels = torch.from_numpy(labels).long()
-  loss_fn = nn.CrossEntropyLoss()
+    import torch
+    from torch import nn
 
-  def step():
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(images.float() / 255.0), labels)
-    loss.backward()
-    optimizer.step()
-    return loss
-  return time_steps(step, lambda x: x.item(), batch_size), torch.__version__
+    torch.set_num_threads(os.cpu_count())
+    layers, cin = [], 3
+    for features in (32, 64, 128):
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(cin, features, 3),
+                nn.ReLU(),
+                nn.BatchNorm2d(features, eps=1e-3, momentum=0.01),
+            ]
+            cin = features
+        layers += [nn.MaxPool2d(2), nn.Dropout(0.02)]
+    layers += [
+        nn.Flatten(),
+        nn.Dropout(0.02),
+        nn.Linear(3072, 1024),
+        nn.ReLU(),
+        nn.Dropout(0.02),
+        nn.Linear(1024, NUM_CLASSES),
+    ]
+    model = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    images, labels = synthetic_batch(batch_size)
+    images = (
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    )
+    labels = torch.from_numpy(labels).long()
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images.float() / 255.0), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return time_steps(step, lambda x: x.item(), batch_size), torch.__version__
 
 
 def bench_keras(batch_size):
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf
-  import keras
-  layers = [keras.Input((HEIGHT, WIDTH, 3)), keras.layers.Rescaling(1 / 255.0)]
-  for features in (32, 64, 128):
-    for _ in range(2):
-      layers += [keras.layers.Conv2D(features, 3, activation="relu"),
-                 keras.layers.BatchNormalization()]
-    layers += [keras.layers.MaxPooling2D(2), keras.layers.Dropout(0.02)]
-  layers += [keras.layers.Flatten(), keras.layers.Dropout(0.02),
-             keras.layers.Dense(1024, activation="relu"), keras.layers.Dropout(0.02),
-             keras.layers.Dense(NUM_CLASSES)]
-  model = keras.Sequential(layers)
-  model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  images, labels = synthetic_batch(batch_size)
-  images = tf.constant(images.astype(np.float32))
-  labels = tf.constant(labels)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
 
-  def step():
-    return model.train_on_batch(images, labels)
-  return time_steps(step, lambda x: float(np.asarray(x)), batch_size), tf.__version__
+    layers = [keras.Input((HEIGHT, WIDTH, 3)), keras.layers.Rescaling(1 / 255.0)]
+    for features in (32, 64, 128):
+        for _ in range(2):
+            layers += [
+                keras.layers.Conv2D(features, 3, activation="relu"),
+                keras.layers.BatchNormalization(),
+            ]
+        layers += [keras.layers.MaxPooling2D(2), keras.layers.Dropout(0.02)]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dropout(0.02),
+        keras.layers.Dense(1024, activation="relu"),
+        keras.layers.Dropout(0.02),
+        keras.layers.Dense(NUM_CLASSES),
+    ]
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    images, labels = synthetic_batch(batch_size)
+    images = tf.constant(images.astype(np.float32))
+    labels = tf.constant(labels)
+
+    def step():
+        return model.train_on_batch(images, labels)
+
+    return time_steps(step, lambda x: float(np.asarray(x)), batch_size), tf.__version__
 
 
-WORKERS = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras,
-           # fashion_jax with other convolutions than the CPU default (the native direct kernel,
-           # fashion_jax/native_conv.py): Winograd from 16 input channels else im2col (the
-           # default without a compiler), im2col everywhere, or XLA's own convolution.
-           "jax_winograd": lambda batch_size: bench_jax(batch_size, "winograd"),
-           "jax_im2col": lambda batch_size: bench_jax(batch_size, "im2col"),
-           "jax_xla_conv": lambda batch_size: bench_jax(batch_size, "xla"),
-           # Mixed precision (--config.model.dtype=bfloat16).
-           "jax_bf16": lambda batch_size: bench_jax(batch_size, dtype="bfloat16"),
-           # The other backbone (configs/multi_head_resnet.py), single head; not in the default.
-           "jax_small_resnet": lambda batch_size: bench_jax(batch_size,
-                                                            model_name="small_resnet")}
+WORKERS = {
+    "jax": bench_jax,
+    "torch": bench_torch,
+    "keras": bench_keras,
+    # fashion_jax with other convolutions than the CPU default (the native direct kernel,
+    # fashion_jax/native_conv.py): Winograd from 16 input channels else im2col (the
+    # default without a compiler), im2col everywhere, or XLA's own convolution.
+    "jax_winograd": lambda batch_size: bench_jax(batch_size, "winograd"),
+    "jax_im2col": lambda batch_size: bench_jax(batch_size, "im2col"),
+    "jax_xla_conv": lambda batch_size: bench_jax(batch_size, "xla"),
+    # Mixed precision (--config.model.dtype=bfloat16).
+    "jax_bf16": lambda batch_size: bench_jax(batch_size, dtype="bfloat16"),
+    # The other backbone (configs/multi_head_resnet.py), single head; not in the default.
+    "jax_small_resnet": lambda batch_size: bench_jax(batch_size, model_name="small_resnet"),
+}
 
 
 def run_worker():
-  (first, rate), version = WORKERS[FLAGS.worker](FLAGS.batch_size)
-  print("RESULT " + json.dumps({"framework": FLAGS.worker, "version": version,
-                                "batch_size": FLAGS.batch_size, "first_step_seconds": first,
-                                "images_per_second": rate}))
+    (first, rate), version = WORKERS[FLAGS.worker](FLAGS.batch_size)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "framework": FLAGS.worker,
+                "version": version,
+                "batch_size": FLAGS.batch_size,
+                "first_step_seconds": first,
+                "images_per_second": rate,
+            }
+        )
+    )
 
 
 def measure(framework, batch_size):
-  command = [sys.executable, os.path.abspath(__file__), f"--worker={framework}",
-             f"--batch_size={batch_size}", f"--seconds={FLAGS.seconds}",
-             f"--warmup={FLAGS.warmup}"]
-  result = subprocess.run(command, capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  for line in result.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT "):])
-  last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-  return {"framework": framework, "batch_size": batch_size, "error": last}
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f"--worker={framework}",
+        f"--batch_size={batch_size}",
+        f"--seconds={FLAGS.seconds}",
+        f"--warmup={FLAGS.warmup}",
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"framework": framework, "batch_size": batch_size, "error": last}
 
 
 def summarise(runs):
-  """One row per (framework, batch): the median rate over its repeats, and their range."""
-  rows = []
-  for key in dict.fromkeys((r["framework"], r["batch_size"]) for r in runs):
-    measured = [r for r in runs if (r["framework"], r["batch_size"]) == key]
-    ok = [r for r in measured if "error" not in r]
-    if not ok:
-      rows.append(measured[0])
-      continue
-    rates = sorted(r["images_per_second"] for r in ok)
-    rows.append({**ok[0], "images_per_second": float(np.median(rates)),
-                 "images_per_second_all": rates,
-                 "first_step_seconds": float(np.median([r["first_step_seconds"] for r in ok]))})
-  return rows
+    """One row per (framework, batch): the median rate over its repeats, and their range."""
+    rows = []
+    for key in dict.fromkeys((r["framework"], r["batch_size"]) for r in runs):
+        measured = [r for r in runs if (r["framework"], r["batch_size"]) == key]
+        ok = [r for r in measured if "error" not in r]
+        if not ok:
+            rows.append(measured[0])
+            continue
+        rates = sorted(r["images_per_second"] for r in ok)
+        rows.append(
+            {
+                **ok[0],
+                "images_per_second": float(np.median(rates)),
+                "images_per_second_all": rates,
+                "first_step_seconds": float(np.median([r["first_step_seconds"] for r in ok])),
+            }
+        )
+    return rows
 
 
 def main(argv):
-  del argv
-  if FLAGS.worker:
-    return run_worker()
-  runs = [measure(f, int(b)) for b in FLAGS.batch_sizes for _ in range(FLAGS.repeats)
-          for f in FLAGS.frameworks]
-  results = summarise(runs)
-  from fashion_jax import native_conv  # What "auto" runs on this CPU, for the record.
-  native = native_conv.unavailable_reason() or f"built, {native_conv.lanes()}-float vectors"
-  print(f"\nSeed CNN training step, synthetic batch, {os.cpu_count()} CPUs, "
+    del argv
+    if FLAGS.worker:
+        return run_worker()
+    runs = [
+        measure(f, int(b))
+        for b in FLAGS.batch_sizes
+        for _ in range(FLAGS.repeats)
+        for f in FLAGS.frameworks
+    ]
+    results = summarise(runs)
+    from fashion_jax.conv import native_conv  # What "auto" runs on this CPU, for the record.
+
+    native = native_conv.unavailable_reason() or f"built, {native_conv.lanes()}-float vectors"
+    print(
+        f"\nSeed CNN training step, synthetic batch, {os.cpu_count()} CPUs, "
         f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, median of {FLAGS.repeats}; "
-        f"native convolution: {native}")
-  print(f"{'framework':<18}{'version':<12}{'batch':>6}{'first step s':>14}{'img/s':>10}"
-        f"{'jax / this':>12}  range")
-  for r in results:
-    if "error" in r:
-      print(f"{r['framework']:<18}{'-':<12}{r['batch_size']:>6}  not measured: {r['error']}")
-      continue
-    jax_rate = next((x["images_per_second"] for x in results if x["framework"] == "jax"
-                     and x["batch_size"] == r["batch_size"] and "error" not in x), None)
-    ratio = f"{jax_rate / r['images_per_second']:.2f}x" if jax_rate else "-"
-    spread = "-".join(f"{v:.0f}" for v in (r["images_per_second_all"][0],
-                                            r["images_per_second_all"][-1]))
-    print(f"{r['framework']:<18}{r['version']:<12}{r['batch_size']:>6}"
-          f"{r['first_step_seconds']:>14.2f}{r['images_per_second']:>10.1f}{ratio:>12}  {spread}")
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      json.dump({"summary": results, "runs": runs}, f, indent=2)
+        f"native convolution: {native}"
+    )
+    print(
+        f"{'framework':<18}{'version':<12}{'batch':>6}{'first step s':>14}{'img/s':>10}"
+        f"{'jax / this':>12}  range"
+    )
+    for r in results:
+        if "error" in r:
+            print(f"{r['framework']:<18}{'-':<12}{r['batch_size']:>6}  not measured: {r['error']}")
+            continue
+        jax_rate = next(
+            (
+                x["images_per_second"]
+                for x in results
+                if x["framework"] == "jax"
+                and x["batch_size"] == r["batch_size"]
+                and "error" not in x
+            ),
+            None,
+        )
+        ratio = f"{jax_rate / r['images_per_second']:.2f}x" if jax_rate else "-"
+        spread = "-".join(
+            f"{v:.0f}" for v in (r["images_per_second_all"][0], r["images_per_second_all"][-1])
+        )
+        print(
+            f"{r['framework']:<18}{r['version']:<12}{r['batch_size']:>6}"
+            f"{r['first_step_seconds']:>14.2f}{r['images_per_second']:>10.1f}{ratio:>12}  {spread}"
+        )
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump({"summary": results, "runs": runs}, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

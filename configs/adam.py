@@ -15,9 +15,9 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 1e-3
-  config.ema_decay = 0.9995
-  config.bn_recalibration_batches = 100
-  return config
+    config = default.get_config()
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 1e-3
+    config.ema_decay = 0.9995
+    config.bn_recalibration_batches = 100
+    return config

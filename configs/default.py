@@ -9,105 +9,111 @@ import ml_collections
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0  # Shuffling and dropout.
-  config.init_seed = ml_collections.config_dict.placeholder(int)  # Parameters; None -> seed.
-  # Or start from a training workdir's parameters and BatchNorm statistics (fresh optimizer state),
-  # e.g. so that several runs share one initialisation and can be souped (run_eval.py).
-  config.init_checkpoint = ""
-  config.init_checkpoint_step = "best"  # "best", "latest" or a step number of init_checkpoint.
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Shuffling and dropout.
+    config.init_seed = ml_collections.config_dict.placeholder(int)  # Parameters; None -> seed.
+    # Or start from a training workdir's parameters and BatchNorm statistics (fresh optimizer state),
+    # e.g. so that several runs share one initialisation and can be souped (run_eval.py).
+    config.init_checkpoint = ""
+    config.init_checkpoint_step = "best"  # "best", "latest" or a step number of init_checkpoint.
 
-  config.data = ml_collections.ConfigDict()
-  config.data.data_dir = ""  # Else $FASHION_DATA_DIR.
-  config.data.cache_dir = ""  # Decoded-image cache; else $FASHION_CACHE_DIR or ~/.cache/fashion_jax.
-  config.data.label_column = "masterCategory"
-  config.data.merge_map = {"Home": "Free Items", "Sporting Goods": "Free Items"}
-  config.data.min_class_count = 0  # Rows of rarer classes are skipped (and reported).
-  config.data.split_fractions = (0.7, 0.1, 0.1, 0.1)  # train, val, test, control.
-  config.data.split_seed = 0  # Keep it fixed across models that are to be compared or ensembled.
-  config.data.image_height = 80
-  config.data.image_width = 60
-  config.data.max_rows = 0  # >0: a stratified slice of about this many rows, for smoke runs.
-  # Several heads (one network, one output per column; see configs/multi_head.py). The first must
-  # be label_column (merge map, split stratification, early-stopping accuracy); in the others,
-  # classes with fewer than other_min_count rows are folded into "Other" (written to heads.json)
-  # and rows without a value are left out of that head's loss only.
-  config.data.head_columns = ()
-  config.data.other_min_count = 0
-  # Class imbalance: "uniform" (a permutation per epoch), or draw each epoch's images with
-  # replacement with probability ~ 1/count ("class_balanced") or 1/sqrt(count) ("sqrt") of the
-  # primary label's class.
-  config.data.sampling = "uniform"
+    config.data = ml_collections.ConfigDict()
+    # "": $FASHION_DATA_DIR, data/ in the checkout, ../shared/data, kagglehub (data/locate.py).
+    config.data.data_dir = ""
+    config.data.cache_dir = ""  # Decoded images; "": $FASHION_CACHE_DIR or ~/.cache/fashion_jax.
+    config.data.label_column = "masterCategory"
+    config.data.merge_map = {"Home": "Free Items", "Sporting Goods": "Free Items"}
+    config.data.min_class_count = 0  # Rows of rarer classes are skipped (and reported).
+    config.data.split_fractions = (0.7, 0.1, 0.1, 0.1)  # train, val, test, control.
+    config.data.split_seed = 0  # Keep it fixed across models that are to be compared or ensembled.
+    config.data.image_height = 80
+    config.data.image_width = 60
+    config.data.max_rows = 0  # >0: a stratified slice of about this many rows, for smoke runs.
+    # Several heads (one network, one output per column; see configs/multi_head.py). The first must
+    # be label_column (merge map, split stratification, early-stopping accuracy); in the others,
+    # classes with fewer than other_min_count rows are folded into "Other" (written to heads.json)
+    # and rows without a value are left out of that head's loss only.
+    config.data.head_columns = ()
+    config.data.other_min_count = 0
+    # Class imbalance: "uniform" (a permutation per epoch), or draw each epoch's images with
+    # replacement with probability ~ 1/count ("class_balanced") or 1/sqrt(count) ("sqrt") of the
+    # primary label's class.
+    config.data.sampling = "uniform"
+    # Cross-fitting (out-of-sample predictions for train rows, e.g. for run_eval.py's audit): with
+    # num_folds = K >= 2 the train rows are split into K stratified folds and this run trains on
+    # all but `fold`; val, test and control are unchanged. One run per fold (0 .. K-1).
+    config.data.num_folds = 0
+    config.data.fold = 0
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "seed_cnn"
-  config.model.filters = (32, 64, 128)
-  config.model.dense_units = 1024
-  config.model.dropout_rate = 0.02
-  config.model.bn_momentum = 0.99
-  config.model.bn_epsilon = 1e-3
-  # CPU: the native direct kernel where it builds, else Winograd/im2col; accelerators: XLA (cuDNN).
-  config.model.conv_impl = "auto"
-  config.model.dtype = "float32"  # "bfloat16": compute in bf16, parameters/optimizer in float32.
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "seed_cnn"
+    config.model.filters = (32, 64, 128)
+    config.model.dense_units = 1024
+    config.model.dropout_rate = 0.02
+    config.model.bn_momentum = 0.99
+    config.model.bn_epsilon = 1e-3
+    # CPU: the native direct kernel where it builds, else Winograd/im2col; accelerators: XLA (cuDNN).
+    config.model.conv_impl = "auto"
+    config.model.dtype = "float32"  # "bfloat16": compute in bf16, parameters/optimizer in float32.
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adam"  # adam, sgd or rmsprop.
-  config.optimizer.learning_rate = 1e-3
-  # "exponential" (the seed's: lr * decay_rate ** (step / decay_steps)) or "cosine" (warm-up,
-  # then cosine decay to 0 at decay_steps; 0 = at the end of num_epochs).
-  config.optimizer.schedule = "exponential"
-  config.optimizer.warmup_steps = 0  # cosine only.
-  config.optimizer.decay_steps = 10000
-  config.optimizer.decay_rate = 0.9
-  config.optimizer.staircase = False
-  config.optimizer.beta1 = 0.9
-  config.optimizer.beta2 = 0.999
-  config.optimizer.eps = 1e-7  # Keras' default for Adam and RMSprop.
-  config.optimizer.momentum = 0.0
-  config.optimizer.nesterov = False
-  config.optimizer.rho = 0.9
-  # On kernels only (not biases, not BatchNorm): decoupled for adam (AdamW), else added to the
-  # gradient as an L2 penalty. 0 = none, as in the seed.
-  config.optimizer.weight_decay = 0.0
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # adam, sgd or rmsprop.
+    config.optimizer.learning_rate = 1e-3
+    # "exponential" (the seed's: lr * decay_rate ** (step / decay_steps)) or "cosine" (warm-up,
+    # then cosine decay to 0 at decay_steps; 0 = at the end of num_epochs).
+    config.optimizer.schedule = "exponential"
+    config.optimizer.warmup_steps = 0  # cosine only.
+    config.optimizer.decay_steps = 10000
+    config.optimizer.decay_rate = 0.9
+    config.optimizer.staircase = False
+    config.optimizer.beta1 = 0.9
+    config.optimizer.beta2 = 0.999
+    config.optimizer.eps = 1e-7  # Keras' default for Adam and RMSprop.
+    config.optimizer.momentum = 0.0
+    config.optimizer.nesterov = False
+    config.optimizer.rho = 0.9
+    # On kernels only (not biases, not BatchNorm): decoupled for adam (AdamW), else added to the
+    # gradient as an L2 penalty. 0 = none, as in the seed.
+    config.optimizer.weight_decay = 0.0
 
-  # Training-time augmentation inside the jitted step (fashion_jax/augment.py); off in the seed.
-  config.augment = ml_collections.ConfigDict()
-  config.augment.flip = False  # Mirror left-right with probability 1/2.
-  config.augment.max_shift = 0  # Shift by up to this many pixels in y and x (edges repeated).
+    # Training-time augmentation inside the jitted step (fashion_jax/augment.py); off in the seed.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.flip = False  # Mirror left-right with probability 1/2.
+    config.augment.max_shift = 0  # Shift by up to this many pixels in y and x (edges repeated).
 
-  config.loss = ml_collections.ConfigDict()
-  config.loss.head_weights = ()  # One per head of data.head_columns; default 1 each.
-  # Per-class weights on the training loss: "none", "balanced" (N / (C * count), as
-  # scikit-learn) or "sqrt" (its square root). Validation loss stays unweighted.
-  config.loss.class_weighting = "none"
-  # Training targets (1 - e) one-hot + e uniform for every head (0: plain cross-entropy).
-  config.loss.label_smoothing = 0.0
+    config.loss = ml_collections.ConfigDict()
+    config.loss.head_weights = ()  # One per head of data.head_columns; default 1 each.
+    # Per-class weights on the training loss: "none", "balanced" (N / (C * count), as
+    # scikit-learn) or "sqrt" (its square root). Validation loss stays unweighted.
+    config.loss.class_weighting = "none"
+    # Training targets (1 - e) one-hot + e uniform for every head (0: plain cross-entropy).
+    config.loss.label_smoothing = 0.0
 
-  config.batch_size = 32
-  config.eval_batch_size = 256
-  config.num_epochs = 50
-  # "auto": keep the uint8 training images on the accelerator (not on CPU) and run
-  # steps_per_dispatch steps per call with lax.scan (0: 50 on accelerators; always 1 on host data).
-  config.data_on_device = "auto"
-  config.steps_per_dispatch = 0
+    config.batch_size = 32
+    config.eval_batch_size = 256
+    config.num_epochs = 50
+    # "auto": keep the uint8 training images on the accelerator (not on CPU) and run
+    # steps_per_dispatch steps per call with lax.scan (0: 50 on accelerators; always 1 on host data).
+    config.data_on_device = "auto"
+    config.steps_per_dispatch = 0
 
-  config.early_stopping = ml_collections.ConfigDict()
-  config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the seed did.
-  config.early_stopping.patience = 3
-  config.early_stopping.restore_best = True
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the seed did.
+    config.early_stopping.patience = 3
+    config.early_stopping.restore_best = True
 
-  # >0: at every epoch end, recompute BatchNorm running statistics on this many training batches
-  # ("precise BN") before validating and saving; 0: keep the running averages (as the seed did).
-  config.bn_recalibration_batches = 0
-  # >0 (e.g. 0.9995): also keep a (bias-corrected) moving average of the parameters, updated every
-  # step; it is what is validated, early-stopped on, restored and evaluated (needs
-  # bn_recalibration_batches > 0 for its BatchNorm statistics).
-  config.ema_decay = 0.0
+    # >0: at every epoch end, recompute BatchNorm running statistics on this many training batches
+    # ("precise BN") before validating and saving; 0: keep the running averages (as the seed did).
+    config.bn_recalibration_batches = 0
+    # >0 (e.g. 0.9995): also keep a (bias-corrected) moving average of the parameters, updated every
+    # step; it is what is validated, early-stopped on, restored and evaluated (needs
+    # bn_recalibration_batches > 0 for its BatchNorm statistics).
+    config.ema_decay = 0.0
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 500  # Plus one at every epoch end.
-  config.checkpoint.keep_epochs = 5  # Last K epoch-end checkpoints kept (soup ingredients).
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 500  # Plus one at every epoch end.
+    config.checkpoint.keep_epochs = 5  # Last K epoch-end checkpoints kept (soup ingredients).
 
-  config.log_every_steps = 100
-  config.progress_bar = True
-  return config
+    config.log_every_steps = 100
+    config.progress_bar = True
+    return config

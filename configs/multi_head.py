@@ -11,13 +11,12 @@ into "Other" (see <workdir>/heads.json). The loss is the sum of the heads' cross
 
 from configs import adam
 
-HEADS = ("masterCategory", "subCategory", "articleType", "gender", "baseColour", "season",
-         "usage")
+HEADS = ("masterCategory", "subCategory", "articleType", "gender", "baseColour", "season", "usage")
 
 
 def get_config():
-  config = adam.get_config()
-  config.data.head_columns = HEADS
-  config.data.other_min_count = 20
-  config.loss.head_weights = (1.0,) * len(HEADS)
-  return config
+    config = adam.get_config()
+    config.data.head_columns = HEADS
+    config.data.other_min_count = 20
+    config.loss.head_weights = (1.0,) * len(HEADS)
+    return config

@@ -8,13 +8,13 @@ from configs import multi_head
 
 
 def get_config():
-  config = multi_head.get_config()
-  config.model.name = "small_resnet"
-  config.model.stem_features = 24
-  config.model.stage_features = (32, 64, 128, 256)
-  config.model.stage_blocks = (1, 2, 2, 2)
-  # BatchNorm running averages lag the fast-changing ResNet early on (val accuracy 81% against
-  # 97% in training after epoch 2 of a first run): recompute them before each validation
-  # (configs/adam.py already does, for its weight average; --config.ema_decay=0 turns that off).
-  config.bn_recalibration_batches = 100
-  return config
+    config = multi_head.get_config()
+    config.model.name = "small_resnet"
+    config.model.stem_features = 24
+    config.model.stage_features = (32, 64, 128, 256)
+    config.model.stage_blocks = (1, 2, 2, 2)
+    # BatchNorm running averages lag the fast-changing ResNet early on (val accuracy 81% against
+    # 97% in training after epoch 2 of a first run): recompute them before each validation
+    # (configs/adam.py already does, for its weight average; --config.ema_decay=0 turns that off).
+    config.bn_recalibration_batches = 100
+    return config

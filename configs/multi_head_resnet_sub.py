@@ -11,8 +11,9 @@ from configs import multi_head_resnet_aug
 
 
 def get_config():
-  config = multi_head_resnet_aug.get_config()
-  config.loss.head_weights = tuple(2.0 if head == "subCategory" else 1.0
-                                   for head in multi_head.HEADS)
-  config.loss.label_smoothing = 0.1
-  return config
+    config = multi_head_resnet_aug.get_config()
+    config.loss.head_weights = tuple(
+        2.0 if head == "subCategory" else 1.0 for head in multi_head.HEADS
+    )
+    config.loss.label_smoothing = 0.1
+    return config

@@ -8,8 +8,8 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.optimizer.name = "sgd"
-  config.optimizer.learning_rate = 1e-2
-  config.optimizer.momentum = 0.0
-  return config
+    config = default.get_config()
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 1e-2
+    config.optimizer.momentum = 0.0
+    return config

@@ -6,16 +6,21 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 # One colour per class so a small network can learn the task in a few steps.
-CLASS_COLOURS = {"Accessories": (200, 40, 40), "Apparel": (40, 200, 40),
-                 "Footwear": (40, 40, 200), "Personal Care": (200, 200, 40),
-                 "Sporting Goods": (40, 200, 200), "Home": (40, 200, 200)}
+CLASS_COLOURS = {
+    "Accessories": (200, 40, 40),
+    "Apparel": (40, 200, 40),
+    "Footwear": (40, 40, 200),
+    "Personal Care": (200, 200, 40),
+    "Sporting Goods": (40, 200, 200),
+    "Home": (40, 200, 200),
+}
 
 
 def write_synthetic_dataset(root, rows_per_class=24, seed=0, classes=None):
@@ -31,7 +36,8 @@ def write_synthetic_dataset(root, rows_per_class=24, seed=0, classes=None):
             lines.append(f"{style_id},Men,{name},Sub,Type,Blue,Summer,2012,Casual,Item {style_id}")
             pixels = colour + rng.normal(0, 30, (80, 60, 3))
             Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(
-                root / "images" / f"{style_id}.jpg", quality=90)
+                root / "images" / f"{style_id}.jpg", quality=90
+            )
     (root / "styles.csv").write_text("\n".join(lines) + "\n")
     return root
 
@@ -65,41 +71,120 @@ def cache_dir(tmp_path, monkeypatch):
     return path
 
 
-def tiny_config(data_dir, **overrides):
-    """configs/tiny.py pointed at `data_dir`, with fields overridden by dotted names."""
-    from configs import tiny
-    config = tiny.get_config()
-    config.data.data_dir = str(data_dir)
-    config.data.max_rows = 0
-    config.progress_bar = False
-    for dotted, value in overrides.items():
+def override(config, **dotted):
+    """`config` with fields given by dotted names (data__x is not needed: pass **{"data.x": v})."""
+    for name, value in dotted.items():
         node = config
-        *parents, leaf = dotted.split(".")
-        for name in parents:
-            node = node[name]
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            node = node[parent]
         node[leaf] = value
     return config
 
 
+# The tests' own small run: configs/default.py with a narrow model and small batches (not
+# configs/tiny.py, the users' smoke run, so that it can change without changing the tests).
+TEST_RUN = {
+    "model.filters": (8, 8, 8),
+    "model.dense_units": 32,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "num_epochs": 2,
+    "checkpoint.every_steps": 5,
+    "log_every_steps": 5,
+    "data.max_rows": 0,
+    "progress_bar": False,
+}
+
+
+def tiny_config(data_dir, **overrides):
+    """The tests' small run (TEST_RUN) on `data_dir`, with fields overridden by dotted names."""
+    from configs import default
+
+    config = override(default.get_config(), **TEST_RUN)
+    config.data.data_dir = str(data_dir)
+    return override(config, **overrides)
+
+
+def eval_config(**overrides):
+    """run_eval.py's default configuration without progress bars, with dotted overrides."""
+    from fashion_jax.evaluation import default_config
+
+    return override(default_config.get_config(), progress_bar=False, **overrides)
+
+
 requires_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "styles.csv").exists(),
-    reason=f"the real dataset is not at {SHARED_DATA} (../shared/data beside the repository)")
+    reason=f"the real dataset is not at {SHARED_DATA} (../shared/data beside the repository)",
+)
 
 
 def launch_run_train(workdir, data_dir, cache_dir, *extra, env=None):
-    """Starts run_train.py with configs/tiny.py on `data_dir`; returns the Popen."""
-    command = [sys.executable, str(REPO_ROOT / "run_train.py"), "--config=configs/tiny.py",
-               f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-               "--config.data.max_rows=0", "--config.progress_bar=false", *extra]
+    """Starts run_train.py with the tests' small run (TEST_RUN) on `data_dir`; returns the Popen."""
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "run_train.py"),
+        "--config=configs/default.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *[f"--config.{k}={v}".replace(" ", "") for k, v in TEST_RUN.items()],
+        *extra,
+    ]
     env = dict(os.environ, FASHION_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu", **(env or {}))
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def final_params(workdir):
     """(latest step, state tree as numpy) of a workdir's checkpoints, read-only."""
     import jax
-    from fashion_jax import checkpointing
+
+    from fashion_jax.training import checkpointing
+
     manager = checkpointing.create_manager(str(workdir), read_only=True)
     step = manager.latest_step()
     return step, jax.device_get(checkpointing.restore_state_on_this_host(manager, step))
+
+
+def make_state(seed=0, optimizer="adam", learning_rate=1e-3):
+    config = tiny_config(
+        "unused",
+        seed=seed,
+        **{"optimizer.name": optimizer, "optimizer.learning_rate": learning_rate},
+    )
+    from fashion_jax import models
+    from fashion_jax.training import optim
+    from fashion_jax.training import state as state_lib
+
+    model = models.create_model(config.model, 4)
+    lr_fn = optim.create_learning_rate_fn(config.optimizer)
+    return state_lib.create_train_state(config, model, lr_fn, (80, 60, 3))
+
+
+def synthetic_batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n).astype(np.int32)
+    images = (labels[:, None, None, None] * 60 + rng.integers(0, 30, (n, 80, 60, 3))).astype(
+        np.uint8
+    )
+    return {"image": images, "label": labels}
+
+
+def assert_same_run(reference, other, val_images):
+    """The same steps and images; loss and accuracy equal up to reduction order."""
+    import json
+
+    a = json.loads((reference / "summary.json").read_text())
+    b = json.loads((other / "summary.json").read_text())
+    assert a["final_step"] == b["final_step"] > 0
+    # Val does not divide by the eval batch (48): padding is masked, each image counted once.
+    assert a["val_images"] == b["val_images"] == val_images
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.02)
+    assert abs(b["val_accuracy"] - a["val_accuracy"]) <= 2 / val_images  # At most 2 images.
+    history_a = [
+        json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()
+    ]
+    history_b = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines()]
+    for ra, rb in zip(history_a, history_b, strict=True):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=0.02)

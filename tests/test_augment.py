@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from fashion_jax import augment
-from fashion_jax import optim
+from fashion_jax.data import augment
+from fashion_jax.training import optim
 
 
 def distinct_images(n=64, height=8, width=6):
@@ -25,8 +25,11 @@ def test_no_augmentation_returns_the_batch():
 def test_flip_mirrors_some_images_and_keeps_the_others():
     images = distinct_images()
     spec = augment.AugmentSpec(flip=True)
-    out = np.asarray(jax.jit(augment.augment_images, static_argnums=2)(
-        jnp.asarray(images), jax.random.key(1), spec))
+    out = np.asarray(
+        jax.jit(augment.augment_images, static_argnums=2)(
+            jnp.asarray(images), jax.random.key(1), spec
+        )
+    )
     assert out.dtype == np.uint8 and out.shape == images.shape
     flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
     kept = [np.array_equal(o, i) for o, i in zip(out, images)]
@@ -41,13 +44,20 @@ def test_flip_mirrors_some_images_and_keeps_the_others():
 def test_shift_is_a_crop_of_the_edge_padded_image():
     images = distinct_images()
     s = 2
-    out = np.asarray(augment.augment_images(jnp.asarray(images), jax.random.key(3),
-                                            augment.AugmentSpec(max_shift=s)))
+    out = np.asarray(
+        augment.augment_images(
+            jnp.asarray(images), jax.random.key(3), augment.AugmentSpec(max_shift=s)
+        )
+    )
     offsets = set()
     for o, image in zip(out, images):
         padded = np.pad(image, ((s, s), (s, s), (0, 0)), mode="edge")
-        matches = [(dy, dx) for dy in range(2 * s + 1) for dx in range(2 * s + 1)
-                   if np.array_equal(padded[dy:dy + 8, dx:dx + 6], o)]
+        matches = [
+            (dy, dx)
+            for dy in range(2 * s + 1)
+            for dx in range(2 * s + 1)
+            if np.array_equal(padded[dy : dy + 8, dx : dx + 6], o)
+        ]
         assert matches, "an output is not a shifted copy of its input"
         offsets.add(matches[0])
     assert len(offsets) > 10  # Offsets vary from image to image (25 possible).
@@ -69,7 +79,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_run_end():
     assert float(lr(60)) == pytest.approx(1e-3)  # Half-way through the cosine.
     assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
     opt.decay_steps = 5
-    with pytest.raises(ValueError, match="must exceed warmup_steps=10"):
+    with pytest.raises(ValueError, match="must exceed --config.optimizer.warmup_steps=10"):
         optim.create_learning_rate_fn(opt, total_steps=110)
     opt.schedule = "linear"
     with pytest.raises(ValueError, match="--config.optimizer.schedule='linear'"):

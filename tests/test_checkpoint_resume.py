@@ -9,34 +9,50 @@ import jax
 import numpy as np
 import pytest
 
-from fashion_jax import checkpointing
-from fashion_jax import reporting
-from fashion_jax import train
-from tests.conftest import final_params, launch_run_train, write_synthetic_dataset
-from tests.test_train_step import make_state, synthetic_batch
+from fashion_jax import models
+from fashion_jax.training import checkpointing
+from fashion_jax.training import run_files
+from fashion_jax.training import state as state_lib
+from fashion_jax.training import steps
+from tests.conftest import final_params
+from tests.conftest import launch_run_train
+from tests.conftest import make_state
+from tests.conftest import synthetic_batch
+from tests.conftest import write_synthetic_dataset
 
 
 def test_save_then_restore_gives_identical_predictions(tmp_path):
     state = make_state()
     batch = synthetic_batch()
-    state, _ = jax.jit(train.train_step)(state, batch, jax.random.key(0))
+    state, _ = jax.jit(steps.train_step)(state, batch, jax.random.key(0))
     manager = checkpointing.create_manager(str(tmp_path), run_metadata={"class_names": ["a"]})
-    checkpointing.save(manager, 1, train.state_tree(state), {"history": []},
-                       metrics={"monitored": 0.5, "epoch": 1})
+    checkpointing.save(
+        manager,
+        1,
+        state_lib.state_tree(state),
+        {"history": []},
+        metrics={"monitored": 0.5, "epoch": 1},
+    )
     manager.wait_until_finished()
 
     reader = checkpointing.create_manager(str(tmp_path), read_only=True)
+    resumer = checkpointing.create_manager(str(tmp_path))  # As a resumed run opens it.
     fresh = make_state(seed=99)
-    tree, progress = checkpointing.restore(reader, 1, checkpointing.abstract_tree(
-        train.state_tree(fresh)))
+    tree, progress = checkpointing.restore(
+        resumer, 1, checkpointing.abstract_tree(state_lib.state_tree(fresh))
+    )
     restored = fresh.replace(**tree)
     assert progress == {"history": []}
     assert checkpointing.run_metadata(reader)["class_names"] == ["a"]
     assert int(restored.step) == 1
 
     def predict(s):
-        return np.asarray(train.predict_logits(
-            s.apply_fn, {"params": s.params, "batch_stats": s.batch_stats}, batch["image"]))
+        return np.asarray(
+            models.predict_logits(
+                s.apply_fn, {"params": s.params, "batch_stats": s.batch_stats}, batch["image"]
+            )
+        )
+
     np.testing.assert_array_equal(predict(restored), predict(state))
     assert not np.array_equal(predict(fresh), predict(state))
 
@@ -61,8 +77,11 @@ def finished_steps(workdir):
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
 
 
-RESUME_FLAGS = ("--config.num_epochs=5", "--config.early_stopping.patience=100",
-                "--config.checkpoint.every_steps=2")
+RESUME_FLAGS = (
+    "--config.num_epochs=5",
+    "--config.early_stopping.patience=100",
+    "--config.checkpoint.every_steps=2",
+)
 
 
 @pytest.mark.parametrize("kill_after_steps", [(3, 17)])
@@ -98,8 +117,8 @@ def test_sigkill_and_resume_gives_the_same_parameters(tmp_path, kill_after_steps
     assert step_a == step_b
     jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
     keys = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
-    history_a = [{k: r[k] for k in keys} for r in reporting.read_metrics(reference)]
-    history_b = [{k: r[k] for k in keys} for r in reporting.read_metrics(interrupted)]
+    history_a = [{k: r[k] for k in keys} for r in run_files.read_metrics(reference)]
+    history_b = [{k: r[k] for k in keys} for r in run_files.read_metrics(interrupted)]
     assert history_a == history_b and len(history_a) == 5
     summary_a = json.loads((reference / "summary.json").read_text())
     summary_b = json.loads((interrupted / "summary.json").read_text())

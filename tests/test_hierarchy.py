@@ -7,8 +7,6 @@ The crafted example has three heads:
 Expected numbers are worked out by hand in the comments.
 """
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -16,15 +14,23 @@ from fashion_jax.evaluation import hierarchy
 
 # Training labels: duplicates and rows with a missing head ((1, -1, 0) and (-1, 0, 2) would add
 # combinations that do not exist if they were not ignored).
-TRAIN_LABELS = np.array([[2, 1, 1], [0, 0, 0], [1, 2, 2], [2, 1, 3], [1, 2, 2],
-                         [1, -1, 0], [-1, 0, 2]])
+TRAIN_LABELS = np.array(
+    [[2, 1, 1], [0, 0, 0], [1, 2, 2], [2, 1, 3], [1, 2, 2], [1, -1, 0], [-1, 0, 2]]
+)
 ALLOWED = np.array([[0, 0, 0], [1, 2, 2], [2, 1, 1], [2, 1, 3]])
 
 PROBS = [  # per head, rows 0..4
-    np.array([[.1, .3, .6], [.1, .1, .8], [.7, .2, .1], [.2, .2, .6], [.1, .8, .1]]),
-    np.array([[.2, .1, .7], [.1, .8, .1], [.4, .1, .5], [.2, .6, .2], [.1, .1, .8]]),
-    np.array([[.1, .2, .6, .1], [.1, .3, .2, .4], [.45, .05, .5, 0.], [.1, .6, .2, .1],
-              [.1, .1, .7, .1]]),
+    np.array([[0.1, 0.3, 0.6], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1]]),
+    np.array([[0.2, 0.1, 0.7], [0.1, 0.8, 0.1], [0.4, 0.1, 0.5], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]]),
+    np.array(
+        [
+            [0.1, 0.2, 0.6, 0.1],
+            [0.1, 0.3, 0.2, 0.4],
+            [0.45, 0.05, 0.5, 0.0],
+            [0.1, 0.6, 0.2, 0.1],
+            [0.1, 0.1, 0.7, 0.1],
+        ]
+    ),
 ]
 # Independent argmax: (2,2,2) x, (2,1,3) ok, (0,2,2) x, (2,1,1) ok, (1,2,2) ok.
 # Row 0 products: (0,0,0) .002, (1,2,2) .126, (2,1,1) .012, (2,1,3) .006 -> (1,2,2).
@@ -60,8 +66,9 @@ def test_allowed_combinations_ignores_missing_and_duplicates():
 
 
 def test_is_consistent_and_rate():
-    np.testing.assert_array_equal(hierarchy.is_consistent(INDEPENDENT, ALLOWED),
-                                  [False, True, False, True, True])
+    np.testing.assert_array_equal(
+        hierarchy.is_consistent(INDEPENDENT, ALLOWED), [False, True, False, True, True]
+    )
     assert hierarchy.inconsistency_rate(INDEPENDENT, ALLOWED) == pytest.approx(0.4)
     assert hierarchy.inconsistency_rate(DECODED, ALLOWED) == 0.0
     # A missing value is never part of an allowed combination; large class indices are fine.
@@ -82,8 +89,9 @@ def test_ties_go_to_lowest_combination_index():
     uniform = [np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 4))]
     np.testing.assert_array_equal(hierarchy.decode_consistent(uniform, ALLOWED), ALLOWED[[0, 0]])
     reordered = ALLOWED[[3, 1, 0, 2]]
-    np.testing.assert_array_equal(hierarchy.decode_consistent(uniform, reordered),
-                                  reordered[[0, 0]])
+    np.testing.assert_array_equal(
+        hierarchy.decode_consistent(uniform, reordered), reordered[[0, 0]]
+    )
 
 
 def test_decoding_is_the_best_allowed_combination():
@@ -118,7 +126,8 @@ def test_consistent_argmax_is_unchanged():
     lp = random_log_probs(rng, 300, sizes)
     independent = np.stack([x.argmax(1) for x in lp], 1)
     allowed = hierarchy.allowed_combinations(
-        np.concatenate([independent, np.stack([rng.integers(0, s, 40) for s in sizes], 1)]))
+        np.concatenate([independent, np.stack([rng.integers(0, s, 40) for s in sizes], 1)])
+    )
     np.testing.assert_array_equal(hierarchy.decode_consistent(lp, allowed), independent)
 
 
@@ -132,18 +141,28 @@ def test_decode_rejects_bad_input():
 
 
 def test_report_crafted_example():
-    report = hierarchy.hierarchy_report(log_probs(), LABELS, ALLOWED,
-                                        ["masterCategory", "subCategory", "articleType"])
+    report = hierarchy.hierarchy_report(
+        log_probs(), LABELS, ALLOWED, ["masterCategory", "subCategory", "articleType"]
+    )
     heads = report["heads"]
     # master: rows 0,1,2,4 labelled; independent wrong on row 0.
-    assert heads["masterCategory"] == {"count": 4, "independent_accuracy": 0.75,
-                                       "decoded_accuracy": 1.0}
+    assert heads["masterCategory"] == {
+        "count": 4,
+        "independent_accuracy": 0.75,
+        "decoded_accuracy": 1.0,
+    }
     # sub: all rows labelled; independent wrong on row 2.
-    assert heads["subCategory"] == {"count": 5, "independent_accuracy": 0.8,
-                                    "decoded_accuracy": 1.0}
+    assert heads["subCategory"] == {
+        "count": 5,
+        "independent_accuracy": 0.8,
+        "decoded_accuracy": 1.0,
+    }
     # article: rows 0,1,3,4 labelled; both wrong on rows 1 and 4 (row 2, missing, not counted).
-    assert heads["articleType"] == {"count": 4, "independent_accuracy": 0.5,
-                                    "decoded_accuracy": 0.5}
+    assert heads["articleType"] == {
+        "count": 4,
+        "independent_accuracy": 0.5,
+        "decoded_accuracy": 0.5,
+    }
     assert report["count"] == 5 and report["num_allowed"] == 4
     assert report["independent_inconsistency_rate"] == pytest.approx(0.4)
     assert report["decoded_inconsistency_rate"] == 0.0

@@ -3,10 +3,10 @@
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from fashion_jax import image_cache
+from fashion_jax.data import image_cache
 
 
 @pytest.fixture
@@ -53,18 +53,22 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
 def test_decode_reports_every_failure_and_caches(odd_images, tmp_path):
     ids = [1, 2, 3, 4, 5, 6, 7, 8, 9]  # 9 has no file.
     cache = tmp_path / "cache"
-    first = image_cache.decode_images(str(odd_images), ids, 80, 60, cache_dir=str(cache),
-                                      show_progress=False)
+    first = image_cache.decode_images(
+        str(odd_images), ids, 80, 60, cache_dir=str(cache), show_progress=False
+    )
     assert not first.from_cache
     assert first.ids.tolist() == [1, 2, 3, 4, 5, 8]
     assert first.images.shape == (6, 80, 60, 3)
     failed = dict(first.failed)
     assert set(failed) == {6, 7, 9}
     assert failed[9] == "image file missing"
-    np.testing.assert_array_equal(first.images[0], image_cache.load_image(odd_images / "1.jpg", 80, 60))
+    np.testing.assert_array_equal(
+        first.images[0], image_cache.load_image(odd_images / "1.jpg", 80, 60)
+    )
 
-    second = image_cache.decode_images(str(odd_images), ids, 80, 60, cache_dir=str(cache),
-                                       show_progress=False)
+    second = image_cache.decode_images(
+        str(odd_images), ids, 80, 60, cache_dir=str(cache), show_progress=False
+    )
     assert second.from_cache
     np.testing.assert_array_equal(second.images, first.images)
     assert second.failed == first.failed
@@ -72,7 +76,8 @@ def test_decode_reports_every_failure_and_caches(odd_images, tmp_path):
     # A changed file invalidates the cache.
     Image.new("RGB", (60, 80), (0, 0, 255)).save(odd_images / "1.jpg")
     os.utime(odd_images / "1.jpg", ns=(1, 1))
-    third = image_cache.decode_images(str(odd_images), ids, 80, 60, cache_dir=str(cache),
-                                      show_progress=False)
+    third = image_cache.decode_images(
+        str(odd_images), ids, 80, 60, cache_dir=str(cache), show_progress=False
+    )
     assert not third.from_cache
     assert third.images[0, ..., 2].mean() > 200

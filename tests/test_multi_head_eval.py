@@ -8,63 +8,78 @@ import jax
 import numpy as np
 import pytest
 
-from fashion_jax import restore
-from fashion_jax.evaluation import context
+from fashion_jax import errors
+from fashion_jax import saved_runs
 from fashion_jax.evaluation import heads as heads_lib
 from fashion_jax.evaluation import hierarchy
-from fashion_jax.evaluation import predictor
 from fashion_jax.evaluation import runner
-from tests.conftest import tiny_config, write_multi_head_dataset
+from fashion_jax.inference import classifier
+from fashion_jax.inference import predict_files
+from fashion_jax.inference import predictor
+from tests.conftest import eval_config
+from tests.conftest import tiny_config
+from tests.conftest import write_multi_head_dataset
 
 HEADS = ("masterCategory", "subCategory", "articleType", "gender")
 
 
 @pytest.fixture(scope="module")
 def multi_head_run(tmp_path_factory):
-    from fashion_jax import train
+    from fashion_jax.training import train
+
     root = tmp_path_factory.mktemp("multi_head")
     data = write_multi_head_dataset(root / "data")
     for name, seed in (("run", 0), ("other", 1)):  # Same initialisation, other shuffling.
-        config = tiny_config(data, **{"data.head_columns": HEADS, "data.other_min_count": 2,
-                                      "data.cache_dir": str(root / "cache"), "num_epochs": 2,
-                                      "seed": seed, "init_seed": 0})
+        config = tiny_config(
+            data,
+            **{
+                "data.head_columns": HEADS,
+                "data.other_min_count": 2,
+                "data.cache_dir": str(root / "cache"),
+                "num_epochs": 2,
+                "seed": seed,
+                "init_seed": 0,
+            },
+        )
         train.train_and_evaluate(config, str(root / name))
     return root
 
 
 def _own_log_probs(run, checkpoint, images):
-    logits = run.model.apply(checkpoint.variables, images.astype(np.float32) / 255.0,
-                             train=False)
+    logits = run.model.apply(checkpoint.load(), images.astype(np.float32) / 255.0, train=False)
     return {h: np.asarray(jax.nn.log_softmax(v), np.float64) for h, v in logits.items()}
 
 
-def test_every_head_is_reported_with_missing_labels_left_out(multi_head_run, tmp_path,
-                                                             monkeypatch):
+def test_every_head_is_reported_with_missing_labels_left_out(multi_head_run, tmp_path, monkeypatch):
     workdir = str(multi_head_run / "run")
-    options = context.EvalOptions(evaluators=("single",), batch_size=16, subsets=("val", "test"))
+    config = eval_config(evaluators="single", batch_size=16, subsets="val,test")
     calls, reads = [], []
     original = predictor.predict_array
-    monkeypatch.setattr(predictor, "predict_array",
-                        lambda *args, **kwargs: calls.append(args[3:]) or original(*args, **kwargs))
-    original_read = restore.load_variables
-    monkeypatch.setattr(restore, "load_variables",
-                        lambda run, step: reads.append(step) or original_read(run, step))
-    reports = runner.evaluate([workdir], options, str(tmp_path / "eval"))
+    monkeypatch.setattr(
+        predictor,
+        "predict_array",
+        lambda *args, **kwargs: calls.append(args[3:]) or original(*args, **kwargs),
+    )
+    original_read = saved_runs.load_variables
+    monkeypatch.setattr(
+        saved_runs,
+        "load_variables",
+        lambda run, step: reads.append(step) or original_read(run, step),
+    )
+    reports = runner.evaluate([workdir], config, str(tmp_path / "eval"))
     monkeypatch.undo()
     assert list(reports) == list(HEADS)
-    run = restore.open_run(workdir)
-    checkpoint = restore.load_checkpoint(run, restore.select_step(run, "best"))
-    split = restore.read_split(run)
-    # Every head predicted at once, once per subset and distinct set of rows (gender leaves rows
-    # out); the per-head reports and the hierarchy check share those predictions.
-    row_sets = sum(len({tuple(split.index[(split["subset"] == s) & (split[h] != "")])
-                        for h in HEADS}) for s in ("val", "test"))
-    assert len(calls) == row_sets < len(HEADS) * 2 and all(c[1] is None for c in calls)
+    run = saved_runs.open_run(workdir)
+    checkpoint = saved_runs.checkpoint_at(run, saved_runs.select_step(run, "best"))
+    split = saved_runs.read_split(run)
+    # Every head predicted at once on each whole subset (gender's report then leaves rows out);
+    # the per-head reports and the hierarchy check share those predictions.
+    assert len(calls) == 2 and all(c[1] is None for c in calls)
     assert reads == [checkpoint.step]  # One checkpoint read for all heads and the hierarchy.
-    ctx = runner.build_context([workdir], options)
+    evaluation = runner.Evaluation([workdir], config)
     for subset in ("val", "test"):
         rows = split[split["subset"] == subset]
-        log_probs = _own_log_probs(run, checkpoint, ctx.data.subset(subset).images)
+        log_probs = _own_log_probs(run, checkpoint, evaluation.data.subset(subset).images)
         for head in HEADS:
             labelled = (rows[head] != "").to_numpy()
             truth = rows[head][labelled].map({c: i for i, c in enumerate(run.heads[head])})
@@ -78,14 +93,19 @@ def test_every_head_is_reported_with_missing_labels_left_out(multi_head_run, tmp
     assert summary["hierarchy"]["heads"] == ["masterCategory", "subCategory", "articleType"]
     assert summary["hierarchy"]["subsets"]["val"]["decoded_inconsistency_rate"] == 0
     assert (tmp_path / "eval" / "gender" / "report.md").exists()
-    with pytest.raises(restore.RestoreError, match="has the heads"):
-        runner.evaluate([workdir], context.EvalOptions(head="colour"), str(tmp_path / "e2"))
+    with pytest.raises(errors.RestoreError, match="has the heads"):
+        runner.evaluate([workdir], eval_config(head="colour"), str(tmp_path / "e2"))
 
 
 def test_top_classes_are_the_most_common_training_classes_without_other():
     import pandas as pd
-    split = pd.DataFrame({"subset": ["train"] * 9 + ["val"] * 5,
-                          "label": ["a"] * 4 + ["Other"] * 3 + ["b"] * 2 + ["c"] * 5})
+
+    split = pd.DataFrame(
+        {
+            "subset": ["train"] * 9 + ["val"] * 5,
+            "label": ["a"] * 4 + ["Other"] * 3 + ["b"] * 2 + ["c"] * 5,
+        }
+    )
     assert heads_lib.top_class_indices(split, ["Other", "a", "b", "c"], count=2) == [1, 2]
     assert heads_lib.top_class_indices(split, ["a", "b"], count=2) is None
 
@@ -93,38 +113,51 @@ def test_top_classes_are_the_most_common_training_classes_without_other():
 def test_predict_writes_a_column_group_per_head_and_a_consistent_triple(multi_head_run, tmp_path):
     workdir = str(multi_head_run / "run")
     images = multi_head_run / "data" / "images"
-    counts = runner.predict([workdir], context.EvalOptions(batch_size=8), str(images),
-                            str(tmp_path / "predictions.csv"), top_k=2, review_threshold=0.5)
+    clf = classifier.load_classifier([workdir], batch_size=8)
+    assert clf.heads == HEADS and clf.consistent_heads == HEADS[:3]
+    counts = predict_files.predict_files(
+        str(images), clf, str(tmp_path / "predictions.csv"), top_k=2, review_threshold=0.5
+    )
     assert counts.predicted == len(list(images.glob("*.jpg")))
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     for head in HEADS:
         assert f"{head}_top1_label" in rows[0] and f"{head}_top2_probability" in rows[0]
-    run = restore.open_run(workdir)
-    split = restore.read_split(run)
+    run = saved_runs.open_run(workdir)
+    split = saved_runs.read_split(run)
     levels = ["masterCategory", "subCategory", "articleType"]
-    allowed = hierarchy.allowed_combinations(heads_lib.label_matrix(
-        split[split["subset"] == "train"], run, levels))
-    decoded = np.array([[run.heads[h].index(row[f"consistent_{h}"]) for h in levels]
-                        for row in rows])
+    allowed = hierarchy.allowed_combinations(
+        heads_lib.label_matrix(split[split["subset"] == "train"], run, levels)
+    )
+    decoded = np.array(
+        [[run.heads[h].index(row[f"consistent_{h}"]) for h in levels] for row in rows]
+    )
     assert hierarchy.is_consistent(decoded, allowed).all()
     assert {row["needs_review"] for row in rows} <= {"0", "1"}
 
 
 def test_ensemble_and_soups_of_multi_head_runs(multi_head_run, tmp_path):
     workdirs = [str(multi_head_run / "run"), str(multi_head_run / "other")]
-    options = context.EvalOptions(evaluators=("single", "ensemble", "soup"), batch_size=16,
-                                  subsets=("val",), head="gender", bn_batches=2)
-    reports = runner.evaluate(workdirs, options, str(tmp_path / "eval"))
+    config = eval_config(
+        evaluators="single,ensemble,soup",
+        batch_size=16,
+        subsets="val",
+        head="gender",
+        **{"evals.soup.bn_batches": 2},
+    )
+    reports = runner.evaluate(workdirs, config, str(tmp_path / "eval"))
     assert list(reports) == ["gender"]
     results = reports["gender"]["results"]
     assert {r["kind"] for r in results} >= {"single", "ensemble", "uniform soup", "greedy soup"}
-    labelled = (restore.read_split(restore.open_run(workdirs[0])).query("subset == 'val'")
-                ["gender"] != "").sum()
+    labelled = (
+        saved_runs.read_split(saved_runs.open_run(workdirs[0])).query("subset == 'val'")["gender"]
+        != ""
+    ).sum()
     assert all(r["metrics"]["val"]["count"] == labelled for r in results)
-    ctx = runner.build_context(workdirs, options, "gender")
+    ctx = runner.Evaluation(workdirs, config).context("gender")
     members = [ctx.checkpoint_log_probs(c, "val") for c in ctx.checkpoints]
     ensemble = next(r for r in results if r["kind"] == "ensemble")
-    expected = (np.log(np.exp(members[0]) / 2 + np.exp(members[1]) / 2).argmax(-1)
-                == ctx.labels("val")).mean()
+    expected = (
+        np.log(np.exp(members[0]) / 2 + np.exp(members[1]) / 2).argmax(-1) == ctx.labels("val")
+    ).mean()
     assert ensemble["metrics"]["val"]["accuracy"] == pytest.approx(expected)

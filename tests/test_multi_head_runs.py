@@ -8,20 +8,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import final_params, launch_run_train, write_multi_head_dataset
-from tests.test_parallel import assert_same_run
+from tests.conftest import assert_same_run
+from tests.conftest import final_params
+from tests.conftest import launch_run_train
+from tests.conftest import write_multi_head_dataset
 
-FLAGS = ("--config.batch_size=16", "--config.eval_batch_size=48",
-         "--config.early_stopping.restore_best=false",
-         "--config.data.head_columns=('masterCategory','subCategory','gender')",
-         "--config.data.other_min_count=2", "--config.loss.class_weighting=sqrt",
-         # One convolution for every device count ("auto" is native on one CPU device only).
-         "--config.model.conv_impl=im2col")
+FLAGS = (
+    "--config.batch_size=16",
+    "--config.eval_batch_size=48",
+    "--config.early_stopping.restore_best=false",
+    "--config.data.head_columns=('masterCategory','subCategory','gender')",
+    "--config.data.other_min_count=2",
+    "--config.loss.class_weighting=sqrt",
+    # One convolution for every device count ("auto" is native on one CPU device only).
+    "--config.model.conv_impl=im2col",
+)
 
 
 def _run(workdir, data_dir, cache, *extra, devices="1"):
-    process = launch_run_train(workdir, data_dir, cache, *FLAGS, *extra,
-                               env={"JAX_NUM_CPU_DEVICES": devices})
+    process = launch_run_train(
+        workdir, data_dir, cache, *FLAGS, *extra, env={"JAX_NUM_CPU_DEVICES": devices}
+    )
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     return output

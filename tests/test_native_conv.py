@@ -10,27 +10,36 @@ import numpy as np
 import pytest
 
 from fashion_jax import models
-from fashion_jax import native_conv
+from fashion_jax.conv import dispatch
+from fashion_jax.conv import native_conv
 
 REASON = native_conv.unavailable_reason()
 needs_native = pytest.mark.skipif(bool(REASON), reason=f"native convolution: {REASON}")
 
 
 def xla_conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=jax.lax.Precision.HIGHEST)
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 @needs_native
-@pytest.mark.parametrize("batch,height,width,cin,cout", [
-    (2, 12, 10, 3, 32),    # The first layer's 3 channels; 2 x 16 output channels.
-    (3, 15, 10, 20, 64),   # A partial channel tile in the kernel gradient; 64-channel tiles.
-    (1, 9, 14, 16, 16),    # One 16-channel vector.
-    (2, 7, 6, 32, 24),     # Output channels padded to 32 and cropped.
-    (2, 3, 3, 5, 16),      # One output pixel: fewer pixels than a tile.
-    (2, 4, 5, 8, 128),     # Tiny image, wide output.
-])
+@pytest.mark.parametrize(
+    "batch,height,width,cin,cout",
+    [
+        (2, 12, 10, 3, 32),  # The first layer's 3 channels; 2 x 16 output channels.
+        (3, 15, 10, 20, 64),  # A partial channel tile in the kernel gradient; 64-channel tiles.
+        (1, 9, 14, 16, 16),  # One 16-channel vector.
+        (2, 7, 6, 32, 24),  # Output channels padded to 32 and cropped.
+        (2, 3, 3, 5, 16),  # One output pixel: fewer pixels than a tile.
+        (2, 4, 5, 8, 128),  # Tiny image, wide output.
+    ],
+)
 def test_native_conv_and_its_gradients_equal_xla_conv(batch, height, width, cin, cout):
     keys = jax.random.split(jax.random.key(batch * height + cout), 3)
     x = jax.random.normal(keys[0], (batch, height, width, cin))
@@ -39,8 +48,10 @@ def test_native_conv_and_its_gradients_equal_xla_conv(batch, height, width, cin,
 
     def loss(conv):
         return lambda x, k: jnp.sum(conv(x, k) * cotangent)
-    np.testing.assert_allclose(jax.jit(native_conv.conv3x3_valid)(x, kernel),
-                               xla_conv(x, kernel), rtol=1e-5, atol=1e-5)
+
+    np.testing.assert_allclose(
+        jax.jit(native_conv.conv3x3_valid)(x, kernel), xla_conv(x, kernel), rtol=1e-5, atol=1e-5
+    )
     ours = jax.jit(jax.grad(loss(native_conv.conv3x3_valid), argnums=(0, 1)))(x, kernel)
     expected = jax.grad(loss(xla_conv), argnums=(0, 1))(x, kernel)
     for a, b in zip(ours, expected):
@@ -62,11 +73,14 @@ def test_native_conv_with_bias_and_relu_and_their_gradients(cin, cout):
 
     def expected(x, k, b):
         return jax.nn.relu(xla_conv(x, k) + b)
+
     y = jax.jit(ours)(x, kernel, bias)
     assert 0.2 < float(jnp.mean(y == 0)) < 0.8  # The ReLU clips part of the outputs.
     np.testing.assert_allclose(y, expected(x, kernel, bias), rtol=1e-5, atol=1e-5)
-    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
-             for f in (jax.jit(ours), expected)]
+    grads = [
+        jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
+        for f in (jax.jit(ours), expected)
+    ]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
@@ -75,14 +89,16 @@ def test_native_conv_with_bias_and_relu_and_their_gradients(cin, cout):
 def test_native_conv_is_deterministic_and_used_by_auto():
     x = jax.random.normal(jax.random.key(0), (8, 30, 20, 32))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 32, 32)) * 0.1
-    grad = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(native_conv.conv3x3_valid(x, k))),
-                            argnums=(0, 1)))
+    grad = jax.jit(
+        jax.grad(lambda x, k: jnp.sum(jnp.sin(native_conv.conv3x3_valid(x, k))), argnums=(0, 1))
+    )
     first, second = grad(x, kernel), grad(x, kernel)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
-    assert models._resolve_impl("auto", x, 1) == "native"
-    np.testing.assert_array_equal(models.conv3x3(x, kernel, impl="auto"),
-                                  native_conv.conv3x3_valid(x, kernel))
+    assert dispatch.resolve_impl("auto", x, 1) == "native"
+    np.testing.assert_array_equal(
+        dispatch.conv3x3(x, kernel, impl="auto"), native_conv.conv3x3_valid(x, kernel)
+    )
 
 
 @needs_native
@@ -93,6 +109,7 @@ def test_seed_cnn_native_equals_xla_conv():
     def loss(impl):
         model = models.SeedCNN(num_classes=5, conv_impl=impl)
         return lambda p: jnp.sum(model.apply({**variables, "params": p}, x) ** 2)
+
     ours = jax.jit(jax.value_and_grad(loss("native")))(variables["params"])
     expected = jax.jit(jax.value_and_grad(loss("xla")))(variables["params"])
     np.testing.assert_allclose(ours[0], expected[0], rtol=1e-5)
@@ -105,13 +122,20 @@ def test_seed_cnn_native_equals_xla_conv():
 
 def _probe(tmp_path, **env):
     """unavailable_reason() and auto's choice in a fresh process with `env` set."""
-    code = ("import jax; from fashion_jax import models, native_conv; "
-            "print(repr(native_conv.unavailable_reason())); "
-            "print(models._resolve_impl('auto', jax.ShapeDtypeStruct((1, 9, 9, 32), 'float32'),"
-            " 1))")
+    code = (
+        "import jax; from fashion_jax.conv import dispatch, native_conv; "
+        "print(repr(native_conv.unavailable_reason())); "
+        "print(dispatch.resolve_impl('auto', jax.ShapeDtypeStruct((1, 9, 9, 32), 'float32'),"
+        " 1))"
+    )
     env = {**os.environ, "FASHION_JAX_NATIVE_DIR": str(tmp_path / "native"), **env}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert result.returncode == 0, result.stderr
     reason, impl = result.stdout.strip().splitlines()[-2:]
     return reason, impl
@@ -147,7 +171,8 @@ def test_build_is_cached_per_source_and_reused(tmp_path, monkeypatch):
 
 AVX2_CHECK = """
 import jax, jax.numpy as jnp, numpy as np
-from fashion_jax import native_conv
+from fashion_jax.conv import native_conv
+from fashion_jax.conv import dispatch
 x = jax.random.normal(jax.random.key(0), (2, 11, 9, 12))
 kernel = jax.random.normal(jax.random.key(1), (3, 3, 12, 40)) * 0.2
 bias = jax.random.normal(jax.random.key(2), (40,))
@@ -168,10 +193,18 @@ def test_avx2_build_matches_xla_conv(tmp_path):
     with -march=haswell on this machine."""
     if REASON or not {"avx2", "fma"} <= set(native_conv._cpu_identity().split()):
         pytest.skip(f"needs a CPU with AVX2 and FMA and a compiler ({REASON or 'no AVX2'})")
-    env = {**os.environ, "FASHION_JAX_NATIVE_DIR": str(tmp_path),
-           "FASHION_JAX_NATIVE_MARCH": "haswell"}
-    result = subprocess.run([sys.executable, "-c", AVX2_CHECK], capture_output=True, text=True,
-                            env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {
+        **os.environ,
+        "FASHION_JAX_NATIVE_DIR": str(tmp_path),
+        "FASHION_JAX_NATIVE_MARCH": "haswell",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", AVX2_CHECK],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     words = result.stdout.split()
     assert words[:2] == ["lanes", "8"]  # 40 output channels: 5 vectors, tiles of 1 vector.

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from fashion_jax import styles
+from fashion_jax import errors
+from fashion_jax.data import styles
 from tests.conftest import HEADER
 
 
@@ -14,23 +15,32 @@ def write(tmp_path, text):
 
 
 def test_rows_with_commas_in_display_name_are_kept_whole(tmp_path):
-    path = write(tmp_path, HEADER + "\n"
-                 "1,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Plain Shirt\n"
-                 "2,Men,Personal Care,Fragrance,Perfume,Blue,Spring,2017,Casual,Boss Perfume, Balm\n"
-                 "3,Men,Accessories,Acc,Set,Pink,Fall,2011,Formal,Tie, Cufflink, Square Set\n")
+    path = write(
+        tmp_path,
+        HEADER + "\n"
+        "1,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Plain Shirt\n"
+        "2,Men,Personal Care,Fragrance,Perfume,Blue,Spring,2017,Casual,Boss Perfume, Balm\n"
+        "3,Men,Accessories,Acc,Set,Pink,Fall,2011,Formal,Tie, Cufflink, Square Set\n",
+    )
     table = styles.read_styles(path)
     assert table.rows["id"].tolist() == [1, 2, 3]
     assert table.rows["productDisplayName"].tolist() == [
-        "Plain Shirt", "Boss Perfume, Balm", "Tie, Cufflink, Square Set"]
+        "Plain Shirt",
+        "Boss Perfume, Balm",
+        "Tie, Cufflink, Square Set",
+    ]
     assert table.rows["masterCategory"].tolist() == ["Apparel", "Personal Care", "Accessories"]
     assert table.extra_comma_rows == 2
     assert table.skipped == []
 
 
 def test_na_is_a_value_and_empty_is_missing(tmp_path):
-    path = write(tmp_path, HEADER + "\n"
-                 "1,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,NA,Shirt\n"
-                 "2,Men,Apparel,Topwear,Shirts,,Fall,,Casual,Shirt\r\n")
+    path = write(
+        tmp_path,
+        HEADER + "\n"
+        "1,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,NA,Shirt\n"
+        "2,Men,Apparel,Topwear,Shirts,,Fall,,Casual,Shirt\r\n",
+    )
     rows = styles.read_styles(path).rows
     assert rows.loc[0, "usage"] == "NA"
     assert pd.isna(rows.loc[1, "baseColour"]) and pd.isna(rows.loc[1, "year"])
@@ -38,12 +48,15 @@ def test_na_is_a_value_and_empty_is_missing(tmp_path):
 
 
 def test_bad_lines_are_reported_with_line_numbers(tmp_path):
-    path = write(tmp_path, HEADER + "\n"
-                 "1,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Shirt\n"
-                 "2,Men,Apparel,Topwear\n"
-                 "x3,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Shirt\n"
-                 "1,Women,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Again\n"
-                 "\n")
+    path = write(
+        tmp_path,
+        HEADER + "\n"
+        "1,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Shirt\n"
+        "2,Men,Apparel,Topwear\n"
+        "x3,Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Shirt\n"
+        "1,Women,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,Again\n"
+        "\n",
+    )
     table = styles.read_styles(path)
     assert table.rows["id"].tolist() == [1]
     assert table.rows.loc[0, "gender"] == "Men"
@@ -55,19 +68,5 @@ def test_bad_lines_are_reported_with_line_numbers(tmp_path):
 
 def test_wrong_header_names_the_file(tmp_path):
     path = write(tmp_path, "id,name,label\n1,a,b\n")
-    with pytest.raises(styles.DataError, match="styles.csv: line 1 is not the expected header"):
+    with pytest.raises(errors.DataError, match="styles.csv: line 1 is not the expected header"):
         styles.read_styles(path)
-
-
-def test_resolve_data_dir_explains_what_it_looked_for(tmp_path, monkeypatch):
-    monkeypatch.delenv(styles.DATA_DIR_ENV, raising=False)
-    (tmp_path / "styles.csv").write_text(HEADER + "\n")
-    with pytest.raises(styles.DataError) as error:
-        styles.resolve_data_dir(str(tmp_path))
-    message = str(error.value)
-    assert "missing images" in message and "FASHION_DATA_DIR (not set)" in message
-    assert "paramaggarwal/fashion-product-images-small" in message
-    (tmp_path / "images").mkdir()
-    assert styles.resolve_data_dir(str(tmp_path)) == str(tmp_path)
-    monkeypatch.setenv(styles.DATA_DIR_ENV, str(tmp_path))
-    assert styles.resolve_data_dir("") == str(tmp_path)

@@ -5,33 +5,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fashion_jax import input_pipeline
+from fashion_jax import errors
 from fashion_jax import models
-from fashion_jax import optim
-from fashion_jax import train
+from fashion_jax.data import input_pipeline
+from fashion_jax.training import optim
+from fashion_jax.training import state as state_lib
+from fashion_jax.training import steps
+from fashion_jax.training import train
+from tests.conftest import make_state
+from tests.conftest import synthetic_batch
 from tests.conftest import tiny_config
 
 
-def make_state(seed=0, optimizer="adam", learning_rate=1e-3):
-    config = tiny_config("unused", seed=seed, **{"optimizer.name": optimizer,
-                                                 "optimizer.learning_rate": learning_rate})
-    model = models.create_model(config.model, 4)
-    lr_fn = optim.create_learning_rate_fn(config.optimizer)
-    return train.create_train_state(config, model, lr_fn, (80, 60, 3))
-
-
-def synthetic_batch(n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 4, n).astype(np.int32)
-    images = (labels[:, None, None, None] * 60 + rng.integers(0, 30, (n, 80, 60, 3))).astype(np.uint8)
-    return {"image": images, "label": labels}
-
-
-@pytest.mark.parametrize("optimizer,learning_rate", [("adam", 1e-3), ("sgd", 1e-2), ("rmsprop", 1e-3)])
+@pytest.mark.parametrize(
+    "optimizer,learning_rate", [("adam", 1e-3), ("sgd", 1e-2), ("rmsprop", 1e-3)]
+)
 def test_jitted_train_step_lowers_the_loss(optimizer, learning_rate):
     state = make_state(optimizer=optimizer, learning_rate=learning_rate)
     batch = synthetic_batch()
-    step = jax.jit(train.train_step, donate_argnums=(0,))
+    step = jax.jit(steps.train_step, donate_argnums=(0,))
     rng = jax.random.key(0)
     losses = []
     for _ in range(15):
@@ -43,7 +35,7 @@ def test_jitted_train_step_lowers_the_loss(optimizer, learning_rate):
 
 def test_same_seed_same_parameters_different_seed_different():
     batch = synthetic_batch()
-    step = jax.jit(train.train_step)
+    step = jax.jit(steps.train_step)
 
     def run(seed):
         state = make_state(seed=seed)
@@ -59,13 +51,15 @@ def test_same_seed_same_parameters_different_seed_different():
 def test_eval_counts_every_image_once_with_padding():
     state = make_state()
     batch = synthetic_batch(n=37)
-    step = jax.jit(train.eval_step)
-    sums = [jax.device_get(step(state, b)) for b in
-            input_pipeline.eval_batches(batch["image"], batch["label"], 16)]
+    step = jax.jit(steps.eval_step)
+    sums = [
+        jax.device_get(step(state, b))
+        for b in input_pipeline.eval_batches(batch["image"], batch["label"], 16)
+    ]
     assert [s["count"] for s in sums] == [16, 16, 5]
-    logits = train.predict_logits(state.apply_fn, {"params": state.params,
-                                                   "batch_stats": state.batch_stats},
-                                  batch["image"])
+    logits = models.predict_logits(
+        state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats}, batch["image"]
+    )
     expected_correct = int((np.asarray(logits).argmax(-1) == batch["label"]).sum())
     assert sum(s["correct"] for s in sums) == expected_correct
 
@@ -80,28 +74,28 @@ def test_train_batches_cover_the_epoch_with_fixed_shapes():
     assert all(b["image"].shape == (4, 2, 2, 3) for _, b in batches)
     again = list(input_pipeline.train_batches(images, labels, 4, seed=0, epoch=0, first_step=1))
     np.testing.assert_array_equal(again[0][1]["label"], batches[1][1]["label"])
-    other_epoch = np.concatenate([b["label"] for _, b in
-                                  input_pipeline.train_batches(images, labels, 4, 0, epoch=1)])
+    other_epoch = np.concatenate(
+        [b["label"] for _, b in input_pipeline.train_batches(images, labels, 4, 0, epoch=1)]
+    )
     assert not np.array_equal(seen, other_epoch)
 
 
 def test_nan_loss_stops_with_a_clear_message():
-    with pytest.raises(train.NonFiniteLossError, match="learning_rate"):
+    with pytest.raises(errors.NonFiniteLossError, match="learning_rate"):
         train._check_finite({"loss_sum": np.float32(np.nan), "count": 1.0}, step=7, epoch=0)
 
 
 def test_bfloat16_compute_tracks_float32_and_keeps_float32_parameters():
     batch = synthetic_batch(n=32, seed=1)
-    step = jax.jit(train.train_step)
+    step = jax.jit(steps.train_step)
 
     def run(dtype):
         # A small step: at large ones a few steps of this tiny net are chaotic in any dtype.
-        config = tiny_config("unused", **{"model.dtype": dtype,
-                                          "optimizer.learning_rate": 1e-4})
+        config = tiny_config("unused", **{"model.dtype": dtype, "optimizer.learning_rate": 1e-4})
         model = models.create_model(config.model, 4)
-        state = train.create_train_state(config, model,
-                                         optim.create_learning_rate_fn(config.optimizer),
-                                         (80, 60, 3))
+        state = state_lib.create_train_state(
+            config, model, optim.create_learning_rate_fn(config.optimizer), (80, 60, 3)
+        )
         losses = []
         for _ in range(6):
             state, metrics = step(state, batch, jax.random.key(0))
@@ -111,8 +105,11 @@ def test_bfloat16_compute_tracks_float32_and_keeps_float32_parameters():
     state32, losses32 = run("float32")
     state16, losses16 = run("bfloat16")
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state16.params))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state16.opt_state)
-               if hasattr(x, "dtype") and x.ndim)
+    assert all(
+        x.dtype == jnp.float32
+        for x in jax.tree.leaves(state16.opt_state)
+        if hasattr(x, "dtype") and x.ndim
+    )
     np.testing.assert_allclose(losses16, losses32, rtol=0.05, atol=0.02)
     kernel16 = np.asarray(state16.params["Dense_1"]["kernel"])
     kernel32 = np.asarray(state32.params["Dense_1"]["kernel"])
@@ -125,18 +122,23 @@ def test_steps_in_one_dispatch_equal_steps_one_by_one():
     indices = np.random.default_rng(0).integers(0, 40, (3, 16))
     rng = jax.random.key(5)
     one_by_one = make_state()
-    step = jax.jit(train.train_step)
+    step = jax.jit(steps.train_step)
     expected_loss = 0.0
     for row in indices:
-        one_by_one, metrics = step(one_by_one, {"image": images["image"][row],
-                                                "label": images["label"][row]}, rng)
+        one_by_one, metrics = step(
+            one_by_one, {"image": images["image"][row], "label": images["label"][row]}, rng
+        )
         expected_loss += float(metrics["loss_sum"])
-    chunked, sums = jax.jit(train.train_steps_on_device_data)(
-        make_state(), images["image"], images["label"], indices, rng)
+    chunked, sums = jax.jit(steps.train_steps_on_device_data)(
+        make_state(), images["image"], images["label"], indices, rng
+    )
     assert int(chunked.step) == 3 and float(sums["count"]) == 48
     np.testing.assert_allclose(float(sums["loss_sum"]), expected_loss, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 jax.device_get(chunked.params), jax.device_get(one_by_one.params))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        jax.device_get(chunked.params),
+        jax.device_get(one_by_one.params),
+    )
 
 
 def test_train_indices_chunks_match_single_steps():

@@ -13,9 +13,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fashion_jax import checkpointing
 from fashion_jax import models
-from tests.conftest import tiny_config, write_synthetic_dataset
+from tests.conftest import tiny_config
+from tests.conftest import write_synthetic_dataset
 
 _TRAINED = {}
 
@@ -23,15 +23,21 @@ _TRAINED = {}
 def train_once(tmp_path_factory) -> dict:
     """{"data", "cache", "adam", "sgd"}: paths, trained on the first call of the session."""
     if not _TRAINED:
-        from fashion_jax import train
+        from fashion_jax.training import train
+
         root = tmp_path_factory.mktemp("tiny_runs")
         data = write_synthetic_dataset(root / "data", rows_per_class=30)
         cache = root / "cache"
-        common = {"data.cache_dir": str(cache), "init_seed": 0,
-                  "early_stopping.patience": 100}
-        runs = {"adam": {"num_epochs": 3, "seed": 0},
-                "sgd": {"num_epochs": 2, "seed": 1, "optimizer.name": "sgd",
-                        "optimizer.learning_rate": 0.05}}
+        common = {"data.cache_dir": str(cache), "init_seed": 0, "early_stopping.patience": 100}
+        runs = {
+            "adam": {"num_epochs": 3, "seed": 0},
+            "sgd": {
+                "num_epochs": 2,
+                "seed": 1,
+                "optimizer.name": "sgd",
+                "optimizer.learning_rate": 0.05,
+            },
+        }
         for name, overrides in runs.items():
             train.train_and_evaluate(tiny_config(data, **common, **overrides), str(root / name))
         _TRAINED.update(data=data, cache=cache, adam=root / "adam", sgd=root / "sgd")
@@ -40,11 +46,16 @@ def train_once(tmp_path_factory) -> dict:
 
 # Reference computations that do not go through fashion_jax.evaluation.
 
+
 def own_state(workdir, step):
     """(model, {"params", "batch_stats"} as numpy) of a checkpoint, restored directly."""
-    manager = checkpointing.create_manager(str(workdir), read_only=True)
+    manager = ocp.CheckpointManager(
+        os.path.join(str(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    meta = checkpointing.run_metadata(manager)
+    meta = dict(manager.metadata().custom_metadata)
     model = models.create_model(ml_collections.ConfigDict(meta["model"]), len(meta["class_names"]))
     state = jax.device_get(state["state"])
     return model, {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -1,14 +1,17 @@
-"""Evaluating trained workdirs (run_eval.py): models, ensembles, soups, reports, predictions.
+"""Evaluating trained workdirs (run_eval.py): models, ensembles, soups, audits and reports.
 
-  context.py     the runs, their data and a memo of predictions shared by every evaluator
-  data.py        a run's saved split, decoded (and cached) subset by subset
-  predictor.py   the one jitted predict function, batching, mixing prediction sets
-  evaluators.py  the registry: name -> evaluator yielding named prediction sets
-  soup.py        parameter averaging: uniform and greedy soups, BatchNorm recalibration
-  metrics.py     accuracy, top-k, loss, calibration error, classification report, confusion matrix
-  calibration.py temperature scaling, reliability bins, review threshold for a target precision
-  figures.py     confusion-matrix heatmaps, misclassified-image galleries, reliability
-  report.py      report.json, report.md, CSVs and the stdout summary
-  predict.py     classifying a folder or CSV of new photos, streamed in batches
-  runner.py      the glue that run_eval.py calls
+default_config.py  every option of run_eval.py, one section per evaluator
+config_checks.py   the checks of that config, before any checkpoint is read
+runner.py          opening the workdirs and running the chosen evaluators
+context.py         what evaluators share: runs, data, predictions read once per checkpoint
+data.py            a run's saved split, decoded subset by subset
+evaluators/        single, ensemble, soup, audit: chosen by name, each from its section
+metrics.py         accuracy, top-k, loss, calibration error, per-class report
+statistics.py      Wilson and bootstrap intervals, McNemar's exact test
+calibration.py     temperature scaling, reliability bins, review threshold
+heads.py           multi-head runs: which heads, top classes, hierarchy check, heads.md
+hierarchy.py       label combinations seen in training, consistent decoding
+report.py          report.json and the files of each model; report_markdown.py: report.md
+markdown.py        tables and number formats of the reports
+figures.py         confusion matrices, galleries of misclassified photos, reliability
 """

@@ -6,8 +6,6 @@ the float32 log-probabilities by `top1_confidence` everywhere (evaluation and --
 threshold found here selects the same images when it is given back as --review_threshold.
 """
 
-from typing import Optional
-
 import numpy as np
 from scipy import optimize
 from scipy import special
@@ -24,8 +22,9 @@ def top1_confidence(log_probs: np.ndarray) -> np.ndarray:
 
 def _nll(log_probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of softmax(log_probs) (renormalised)."""
-    return float((special.logsumexp(log_probs, axis=-1)
-                  - log_probs[np.arange(len(labels)), labels]).mean())
+    return float(
+        (special.logsumexp(log_probs, axis=-1) - log_probs[np.arange(len(labels)), labels]).mean()
+    )
 
 
 def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
@@ -36,8 +35,11 @@ def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
     if not len(labels):
         raise ValueError("fit_temperature needs at least one labelled prediction.")
     result = optimize.minimize_scalar(
-        lambda log_t: _nll(log_probs / np.exp(log_t), labels), method="bounded",
-        bounds=tuple(np.log(TEMPERATURE_BOUNDS)), options={"xatol": 1e-6})
+        lambda log_t: _nll(log_probs / np.exp(log_t), labels),
+        method="bounded",
+        bounds=tuple(np.log(TEMPERATURE_BOUNDS)),
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(result.x))
 
 
@@ -60,12 +62,17 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: in
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(bins, confidence, num_bins) / count
         accuracy = np.bincount(bins, correct.astype(np.float64), num_bins) / count
-    return {"count": count, "confidence": mean_confidence, "accuracy": accuracy,
-            "edges": np.linspace(0.0, 1.0, num_bins + 1)}
+    return {
+        "count": count,
+        "confidence": mean_confidence,
+        "accuracy": accuracy,
+        "edges": np.linspace(0.0, 1.0, num_bins + 1),
+    }
 
 
-def threshold_for_precision(log_probs: np.ndarray, labels: np.ndarray,
-                            target_precision: float) -> dict:
+def threshold_for_precision(
+    log_probs: np.ndarray, labels: np.ndarray, target_precision: float
+) -> dict:
     """The confidence threshold t giving the largest coverage whose accepted set (top-1
     probability >= t) has precision >= target; t is then the smallest such threshold.
 
@@ -78,8 +85,14 @@ def threshold_for_precision(log_probs: np.ndarray, labels: np.ndarray,
     confidence = top1_confidence(log_probs)
     correct = np.asarray(log_probs).argmax(-1) == np.asarray(labels)
     count = len(confidence)
-    result = {"target_precision": float(target_precision), "threshold": None, "coverage": 0.0,
-              "precision": None, "accepted": 0, "count": int(count)}
+    result = {
+        "target_precision": float(target_precision),
+        "threshold": None,
+        "coverage": 0.0,
+        "precision": None,
+        "accepted": 0,
+        "count": int(count),
+    }
     if not count:
         return result
     order = np.argsort(-confidence, kind="stable")
@@ -90,40 +103,58 @@ def threshold_for_precision(log_probs: np.ndarray, labels: np.ndarray,
     if not len(valid):
         return result
     last = int(valid[-1])
-    return dict(result, threshold=float(confidence[last]), coverage=(last + 1) / count,
-                precision=float(precision[last]), accepted=last + 1)
+    return dict(
+        result,
+        threshold=float(confidence[last]),
+        coverage=(last + 1) / count,
+        precision=float(precision[last]),
+        accepted=last + 1,
+    )
 
 
-def selective_metrics(log_probs: np.ndarray, labels: np.ndarray,
-                      threshold: Optional[float]) -> dict:
+def selective_metrics(log_probs: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict:
     """Accept predictions whose top-1 probability is >= threshold (None accepts none):
     {coverage, precision (None if none accepted), accepted, count}."""
     confidence = top1_confidence(log_probs)
     count = len(confidence)
-    accepted = (np.zeros(count, bool) if threshold is None
-                else confidence >= threshold)
+    accepted = np.zeros(count, bool) if threshold is None else confidence >= threshold
     correct = np.asarray(log_probs).argmax(-1) == np.asarray(labels)
     n = int(accepted.sum())
-    return {"coverage": n / count if count else 0.0,
-            "precision": float(correct[accepted].mean()) if n else None,
-            "accepted": n, "count": int(count)}
+    return {
+        "coverage": n / count if count else 0.0,
+        "precision": float(correct[accepted].mean()) if n else None,
+        "accepted": n,
+        "count": int(count),
+    }
 
 
-def calibration_summary(log_probs: np.ndarray, labels: np.ndarray,
-                        temperature: Optional[float], num_bins: int = 15) -> dict:
+def calibration_summary(
+    log_probs: np.ndarray, labels: np.ndarray, temperature: float | None, num_bins: int = 15
+) -> dict:
     """ECE and NLL before and after scaling by `temperature` (None: before only), with the
     reliability bins of each (as JSON-able lists, None for an empty bin)."""
+
     def numbers(lp):
         probabilities = np.exp(np.asarray(lp, np.float64))
         bins = reliability_bins(probabilities, labels, num_bins)
-        return (metrics.expected_calibration_error(probabilities, labels, num_bins),
-                _nll(np.asarray(lp, np.float64), labels) if len(labels) else float("nan"),
-                {k: [None if v != v else (int(v) if k == "count" else float(v)) for v in values]
-                 for k, values in bins.items() if k != "edges"})
+        return (
+            metrics.expected_calibration_error(probabilities, labels, num_bins),
+            _nll(np.asarray(lp, np.float64), labels) if len(labels) else float("nan"),
+            {
+                k: [None if v != v else (int(v) if k == "count" else float(v)) for v in values]
+                for k, values in bins.items()
+                if k != "edges"
+            },
+        )
 
     ece, loss, bins = numbers(log_probs)
-    summary = {"ece": ece, "loss": loss, "ece_scaled": None, "loss_scaled": None,
-               "reliability": {"before": bins}}
+    summary = {
+        "ece": ece,
+        "loss": loss,
+        "ece_scaled": None,
+        "loss_scaled": None,
+        "reliability": {"before": bins},
+    }
     if temperature is not None:
         ece, loss, bins = numbers(apply_temperature(log_probs, temperature))
         summary.update(ece_scaled=ece, loss_scaled=loss)

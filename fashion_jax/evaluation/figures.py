@@ -21,22 +21,31 @@ def plot_confusion_matrix(matrix, class_names: list, path: str, title: str = "")
     ax.set_xticks(ticks, labels=class_names, rotation=45, ha="right")
     ax.set_yticks(ticks, labels=class_names)
     for (row, column), value in np.ndenumerate(matrix):
-        ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
-                color="white" if value > 0.5 else "black")
+        ax.text(
+            column,
+            row,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="white" if value > 0.5 else "black",
+        )
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_misclassified(images: np.ndarray, captions: list, path: str, title: str = "",
-                       columns: int = 8):
+def plot_misclassified(
+    images: np.ndarray, captions: list, path: str, title: str = "", columns: int = 8
+):
     """A grid of images (uint8 [N, H, W, 3]) with a caption each; a note if there are none."""
     count = len(images)
     rows = max(1, math.ceil(count / columns))
     width = min(columns, max(count, 1))
-    fig, axes = plt.subplots(rows, width, figsize=(1.9 * width + 0.4, 2.9 * rows + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, width, figsize=(1.9 * width + 0.4, 2.9 * rows + 0.6), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     if not count:
@@ -65,12 +74,22 @@ def plot_reliability(curves: dict, path: str, title: str = ""):
         ax.plot(confidence[used], accuracy[used], marker=marker, label=label)
         edges = np.linspace(0.0, 1.0, len(count) + 1)
         share_ax.stairs(count / max(count.sum(), 1), edges, label=label)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean confidence (top-1 probability)",
-           ylabel="accuracy", title="reliability")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="mean confidence (top-1 probability)",
+        ylabel="accuracy",
+        title="reliability",
+    )
     ax.legend(loc="upper left", fontsize=8)
-    share_ax.set(yscale="log", xlim=(0, 1), xlabel="confidence bin", ylabel="share of images",
-                 title="images per bin")
-    share_ax.set_ylim(top=3.0)   # Room above a bin holding every image for the legend.
+    share_ax.set(
+        yscale="log",
+        xlim=(0, 1),
+        xlabel="confidence bin",
+        ylabel="share of images",
+        title="images per bin",
+    )
+    share_ax.set_ylim(top=3.0)  # Room above a bin holding every image for the legend.
     share_ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)

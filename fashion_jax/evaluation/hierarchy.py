@@ -91,8 +91,13 @@ def _share(mask: np.ndarray) -> float:
     return float(mask.mean()) if mask.size else float("nan")
 
 
-def hierarchy_report(log_probs: list, labels: np.ndarray, allowed: np.ndarray,
-                     head_names: list, chunk_size: int = None) -> dict:
+def hierarchy_report(
+    log_probs: list,
+    labels: np.ndarray,
+    allowed: np.ndarray,
+    head_names: list,
+    chunk_size: int = None,
+) -> dict:
     """Independent argmax versus consistent decoding: accuracies, inconsistency, exact matches.
 
     Per-head accuracy uses the rows where that head's label is present; exact match (all heads

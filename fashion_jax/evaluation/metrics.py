@@ -7,8 +7,9 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
-                               num_bins: int = 15) -> float:
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, num_bins: int = 15
+) -> float:
     """ECE: sum over equal-width confidence bins of (bin share) * |accuracy - mean confidence|."""
     if not len(labels):
         return float("nan")
@@ -43,14 +44,23 @@ def top_classes_accuracy(log_probs: np.ndarray, labels: np.ndarray, top_classes)
     top_classes = np.unique(np.asarray(top_classes, int))
     inside = np.isin(labels, top_classes)
     predicted = top_classes[log_probs[inside][:, top_classes].argmax(-1)]
-    return {"top_classes_accuracy": float((predicted == labels[inside]).mean())
-            if inside.any() else float("nan"),
-            "top_classes_num_classes": int(len(top_classes)),
-            "top_classes_count": int(inside.sum())}
+    return {
+        "top_classes_accuracy": float((predicted == labels[inside]).mean())
+        if inside.any()
+        else float("nan"),
+        "top_classes_num_classes": int(len(top_classes)),
+        "top_classes_count": int(inside.sum()),
+    }
 
 
-def evaluate(log_probs: np.ndarray, labels: np.ndarray, class_names: list,
-             num_bins: int = 15, detailed: bool = True, top_classes=None) -> dict:
+def evaluate(
+    log_probs: np.ndarray,
+    labels: np.ndarray,
+    class_names: list,
+    num_bins: int = 15,
+    detailed: bool = True,
+    top_classes=None,
+) -> dict:
     """Accuracy, loss, ECE and macro/weighted F1; top-5 accuracy with more than 5 classes; with
     `top_classes` (class indices), accuracy restricted to them (see top_classes_accuracy); with
     `detailed`, per-class report and matrix."""
@@ -59,8 +69,13 @@ def evaluate(log_probs: np.ndarray, labels: np.ndarray, class_names: list,
     probabilities = np.exp(log_probs)
     classes = list(range(len(class_names)))
     report = sk_metrics.classification_report(
-        labels, predictions, labels=classes, target_names=list(class_names), output_dict=True,
-        zero_division=0)
+        labels,
+        predictions,
+        labels=classes,
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
     result = {
         "count": int(len(labels)),
         "accuracy": float((predictions == labels).mean()),
@@ -76,17 +91,21 @@ def evaluate(log_probs: np.ndarray, labels: np.ndarray, class_names: list,
         result.update(top_classes_accuracy(log_probs, labels, top_classes))
     if detailed:
         result["classification_report"] = {
-            name: {k.replace("-score", ""): (int(v) if k == "support" else float(v))
-                   for k, v in report[name].items()}
-            for name in list(class_names) + ["macro avg", "weighted avg"]}
+            name: {
+                k.replace("-score", ""): (int(v) if k == "support" else float(v))
+                for k, v in report[name].items()
+            }
+            for name in list(class_names) + ["macro avg", "weighted avg"]
+        }
         result["confusion_matrix"] = confusion_matrix(predictions, labels, len(class_names))
     return result
 
 
 def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> list:
     """Row-normalised (each true class sums to 1; a class without images is a row of 0)."""
-    matrix = sk_metrics.confusion_matrix(labels, predictions, labels=list(range(num_classes)),
-                                         normalize="true")
+    matrix = sk_metrics.confusion_matrix(
+        labels, predictions, labels=list(range(num_classes)), normalize="true"
+    )
     return np.nan_to_num(matrix).tolist()
 
 

@@ -1,0 +1,47 @@
+"""Errors whose message is written for the person who ran the command.
+
+Each names the flag, file or row at fault and what to do; the entry points print it on one line
+and exit non-zero, without a traceback. Anything else that is raised is a bug.
+"""
+
+
+class UserError(ValueError):
+    """Bad input from the user: a flag, a config value, a file."""
+
+
+class ConfigError(UserError):
+    """A config value or flag that is unknown, out of range or inconsistent with another."""
+
+
+class DataError(UserError):
+    """Bad or missing input data; the message says which file/row and what to do."""
+
+
+class RestoreError(UserError):
+    """A workdir or checkpoint that cannot be used; the message says which and what to do."""
+
+
+class EvalError(UserError):
+    """Workdirs that cannot be evaluated together, or an impossible evaluation request."""
+
+
+class SoupError(EvalError):
+    """Ingredients that cannot be averaged; the message names the difference."""
+
+
+class InputError(UserError):
+    """Photos to classify given in a form that cannot be read (not a folder, no path column)."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_choice(flag: str, value, choices) -> None:
+    """Raises ConfigError naming `flag`, the value given and the valid `choices`."""
+    if value not in choices:
+        raise ConfigError(
+            f"{flag}={value!r} is not a valid choice; choose one of: "
+            + ", ".join(map(str, choices))
+            + "."
+        )

@@ -1,0 +1,65 @@
+"""Model architectures, chosen by `config.model.name`, and what every model shares.
+
+  seed_cnn.py      the 2020 study's CNN ("seed_cnn")
+  small_resnet.py  a residual network for 80x60 images ("small_resnet")
+  layers.py        3x3 convolution layer, max pool, one or several classifier heads
+
+A model maps images scaled to [0, 1] to logits [B, classes], or {head: logits} with several heads.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fashion_jax import errors
+from fashion_jax.conv import dispatch
+from fashion_jax.models.seed_cnn import SeedCNN
+from fashion_jax.models.small_resnet import SmallResNet
+
+
+def scale_images(images):
+    """uint8 [0, 255] -> float32 [0, 1]; runs inside jitted functions, not on the host."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def predict_logits(apply_fn, variables, images):
+    """Eval-mode logits of uint8 `images` (BatchNorm running statistics, no dropout)."""
+    return apply_fn(variables, scale_images(images), train=False)
+
+
+MODELS = {"seed_cnn": SeedCNN, "small_resnet": SmallResNet}
+# Model fields of config.model; a field that only another model has is ignored.
+MODEL_FIELDS = {f.name for model in MODELS.values() for f in dataclasses.fields(model)}
+
+
+def output_classes(class_names, heads=None):
+    """create_model's `num_classes` for a run: {head: class count} with several heads, else the
+    number of `class_names`."""
+    return {h: len(c) for h, c in heads.items()} if heads else len(class_names)
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def check_config(model_config) -> None:
+    """Refuses an unknown model, convolution or dtype, and native convolution in bfloat16."""
+    errors.check_choice("--config.model.name", model_config.name, sorted(MODELS))
+    errors.check_choice("--config.model.dtype", model_config.dtype, DTYPES)
+    dispatch.check_impl(model_config.conv_impl, model_config.dtype)
+
+
+def create_model(model_config, num_classes) -> nn.Module:
+    """Builds the model named by `model_config.name` from the remaining fields.
+
+    `num_classes`: an int (one head), or {head: number of classes} in head order (several heads).
+    """
+    check_config(model_config)
+    fields = dict(model_config)
+    name = fields.pop("name")
+    model_class = MODELS[name]
+    known = {f.name for f in dataclasses.fields(model_class)}
+    fields = {k: v for k, v in fields.items() if k in known or k not in MODEL_FIELDS}
+    if isinstance(num_classes, dict):
+        return model_class(num_classes=0, heads=tuple(num_classes.items()), **fields)
+    return model_class(num_classes=num_classes, **fields)

@@ -1,0 +1,69 @@
+"""Every check of a training config, run before any data is read or anything is compiled.
+
+Each family checks its own section (models, optim, dataset, losses, augment, input_pipeline);
+this module runs them all and adds the checks that span sections. A failure is one ConfigError
+that names the flag and the valid choices.
+"""
+
+import os
+
+from fashion_jax import errors
+from fashion_jax import models
+from fashion_jax.data import augment
+from fashion_jax.data import dataset
+from fashion_jax.training import checkpointing
+from fashion_jax.training import losses
+from fashion_jax.training import optim
+
+EARLY_STOPPING_MONITORS = ("val_loss", "train_loss")
+DATA_ON_DEVICE = ("auto", "true", "false")
+
+
+def check_train_config(config, workdir: str | None = None) -> None:
+    """Raises ConfigError for the first unknown name, out-of-range value or impossible mix.
+    --config.init_checkpoint is looked at only for a new run (a resumed `workdir` ignores it)."""
+    models.check_config(config.model)
+    optim.check_config(config.optimizer)
+    dataset.check_config(config.data)
+    augment.from_config(config.augment)
+    losses.check_config(config.loss, num_heads=len(config.data.head_columns) or 1)
+    errors.check_choice(
+        "--config.early_stopping.monitor", config.early_stopping.monitor, EARLY_STOPPING_MONITORS
+    )
+    errors.check_choice(
+        "--config.data_on_device", str(config.data_on_device).lower(), DATA_ON_DEVICE
+    )
+    for flag, value in (
+        ("batch_size", config.batch_size),
+        ("eval_batch_size", config.eval_batch_size),
+        ("num_epochs", config.num_epochs),
+        ("log_every_steps", config.log_every_steps),
+        ("early_stopping.patience", config.early_stopping.patience),
+        ("checkpoint.every_steps", config.checkpoint.every_steps),
+    ):
+        if value < 1:
+            raise errors.ConfigError(f"--config.{flag}={value} must be at least 1.")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise errors.ConfigError(
+            f"--config.ema_decay={config.ema_decay} must be in [0, 1), e.g. 0.9995 (0: off)."
+        )
+    if config.ema_decay and config.bn_recalibration_batches < 1:
+        raise errors.ConfigError(
+            "--config.ema_decay needs --config.bn_recalibration_batches > 0: the averaged "
+            "parameters need BatchNorm statistics of their own."
+        )
+    if config.init_checkpoint and not (workdir and checkpointing.has_checkpoints(workdir)):
+        _check_init_checkpoint(config.init_checkpoint, str(config.init_checkpoint_step))
+
+
+def _check_init_checkpoint(workdir: str, which: str) -> None:
+    """A cheap look before any work: the folder has checkpoints and the step choice parses."""
+    if not os.path.isdir(os.path.join(checkpointing.checkpoint_dir(workdir), "metadata")):
+        raise errors.ConfigError(
+            f"--config.init_checkpoint={workdir} is not a training workdir with checkpoints; "
+            "give the --workdir of a finished run_train.py run."
+        )
+    if which not in ("best", "latest") and not which.isdigit():
+        raise errors.ConfigError(
+            f"--config.init_checkpoint_step={which!r}: use best, latest or a step number."
+        )

@@ -1,0 +1,190 @@
+"""The jitted steps (pure functions) and what runs them over the data.
+
+`train_step` and `eval_step` are pure: the caller jits them with shardings. `TrainStepRunner` runs
+a chunk of training steps and `SubsetMetrics` a masked evaluation of a subset; every host <->
+device transfer goes through parallel.DataParallel, explicitly, and the steps run under
+`jax.transfer_guard("disallow")` so an accidental transfer is an error, not a slowdown.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fashion_jax import models
+from fashion_jax.data import augment as augment_lib
+from fashion_jax.data import dataset
+from fashion_jax.data import input_pipeline
+from fashion_jax.training import losses as losses_lib
+from fashion_jax.training import parallel
+from fashion_jax.training.state import TrainState
+
+SINGLE_HEAD = losses_lib.LossSpec(heads=("label",))
+
+
+def train_step(
+    state: TrainState,
+    batch,
+    rng,
+    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+):
+    """One optimizer step; returns (new state, summed metrics of the batch).
+
+    `loss_spec` (static) describes the heads and class weights; see fashion_jax/losses.py.
+    `augment` (static) flips/shifts the uint8 images first; see fashion_jax/augment.py.
+    """
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    images = augment_lib.augment_images(batch["image"], jax.random.fold_in(dropout_rng, 1), augment)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            models.scale_images(images),
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        losses, metrics = losses_lib.loss_and_metrics(logits, batch["label"], loss_spec)
+        return losses.mean(), (metrics, updates)
+
+    grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    if state.ema_decay:  # Bias-corrected: step t's average weighs step s's params ~ d^(t-s).
+        d, t = state.ema_decay, state.step.astype(jnp.float32)
+        decay = d * (1.0 - d ** (t - 1.0)) / (1.0 - d**t)
+        state = state.replace(
+            ema_params=jax.tree.map(
+                lambda ema, p: decay * ema + (1.0 - decay) * p, state.ema_params, state.params
+            )
+        )
+    return state, metrics
+
+
+def train_steps_on_device_data(
+    state: TrainState,
+    images,
+    labels,
+    indices,
+    rng,
+    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+):
+    """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
+    device-resident uint8 `images` and `labels` by a row of `indices` [k, B]."""
+
+    def one_step(state, batch_indices):
+        return train_step(
+            state,
+            {"image": images[batch_indices], "label": labels[batch_indices]},
+            rng,
+            loss_spec,
+            augment,
+        )
+
+    state, metrics = jax.lax.scan(one_step, state, indices)
+    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
+def eval_step(state: TrainState, batch, loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
+    """Masked sums over one padded eval batch: padding contributes nothing. The loss is the plain
+    cross-entropy (class weights and label smoothing only steer training)."""
+    logits = models.predict_logits(
+        state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats}, batch["image"]
+    )
+    _, metrics = losses_lib.loss_and_metrics(
+        logits, batch["label"], loss_spec.for_evaluation(), batch["mask"]
+    )
+    return metrics
+
+
+def sum_metrics(total, new):
+    return jax.tree.map(jnp.add, total, new)
+
+
+class TrainStepRunner:
+    """Runs the train steps of a chunk of batch indices [k, rows].
+
+    Host data (the CPU default): one step per call, the batch gathered on the host and sent
+    explicitly. Device data (accelerators: the uint8 training images fit in any GPU's memory):
+    the arrays are sent once, and k steps run per dispatch (lax.scan), so Python is not in the
+    loop per step.
+    """
+
+    def __init__(
+        self,
+        data_parallel: parallel.DataParallel,
+        subset: dataset.Subset,
+        config,
+        loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    ):
+        self.dp, self.subset = data_parallel, subset
+        augment = augment_lib.from_config(config.augment)
+        choice = str(config.data_on_device).lower()
+        self.on_device = (jax.default_backend() != "cpu") if choice == "auto" else choice == "true"
+        self.steps_per_dispatch = (config.steps_per_dispatch or 50) if self.on_device else 1
+        replicated = data_parallel.replicated
+        if self.on_device:
+            self.images = data_parallel.replicate(subset.images)
+            self.labels = data_parallel.replicate(subset.labels)
+            self._run = jax.jit(
+                functools.partial(train_steps_on_device_data, loss_spec=loss_spec, augment=augment),
+                donate_argnums=(0,),
+                in_shardings=(
+                    replicated,
+                    replicated,
+                    replicated,
+                    data_parallel.chunk_sharded,
+                    replicated,
+                ),
+                out_shardings=(replicated, replicated),
+            )
+        else:
+            self._run = jax.jit(
+                functools.partial(train_step, loss_spec=loss_spec, augment=augment),
+                donate_argnums=(0,),
+                in_shardings=(replicated, data_parallel.batch_sharded, replicated),
+                out_shardings=(replicated, replicated),
+            )
+
+    def __call__(self, state: TrainState, indices, rng):
+        if self.on_device:
+            device_indices = self.dp.shard_chunk(indices.astype(np.int32))  # Explicit transfer.
+            with jax.transfer_guard("disallow"):
+                return self._run(state, self.images, self.labels, device_indices, rng)
+        if len(indices) != 1:
+            raise ValueError("host data runs one step per dispatch")
+        device_batch = self.dp.shard_batch(
+            {"image": self.subset.images[indices[0]], "label": self.subset.labels[indices[0]]}
+        )
+        with jax.transfer_guard("disallow"):
+            return self._run(state, device_batch, rng)
+
+
+class SubsetMetrics:
+    """Loss and accuracy of a state on a subset: padded, masked batches, each image counted once."""
+
+    def __init__(
+        self,
+        data_parallel: parallel.DataParallel,
+        batch_size: int,
+        loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    ):
+        data_parallel.check_batch_size(batch_size, "--config.eval_batch_size")
+        self.dp, self.batch_size = data_parallel, batch_size
+        self.rows = data_parallel.process_rows(batch_size)
+        self._step = jax.jit(
+            functools.partial(eval_step, loss_spec=loss_spec),
+            out_shardings=data_parallel.replicated,
+        )
+        self._sum = jax.jit(sum_metrics, out_shardings=data_parallel.replicated)
+
+    def __call__(self, state: TrainState, subset: dataset.Subset) -> dict:
+        total = None
+        for batch in input_pipeline.eval_batches(
+            subset.images, subset.labels, self.batch_size, self.rows
+        ):
+            metrics = self._step(state, self.dp.shard_batch(batch))
+            total = metrics if total is None else self._sum(total, metrics)
+        return losses_lib.summarize(self.dp.to_host(total))
