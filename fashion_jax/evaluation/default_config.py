@@ -57,6 +57,15 @@ def get_config():
     config.evals.soup.bn_batches = 100
     config.evals.soup.bn_batch_size = 0  # 0: the training batch size.
 
+    # Label errors in the catalogue (cleanlab's confident learning on out-of-sample
+    # probabilities: give the cross-fitting runs of configs/audit_fold.py as --workdirs).
+    config.evals.audit = ml_collections.ConfigDict()
+    config.evals.audit.gallery_size = 24  # Top rows per head shown with their photos.
+    config.evals.audit.max_rows = 0  # Rows of audit.csv per kind and head; 0: all.
+    # A row contradicts the hierarchy when its coarse label is one that its fine label has in
+    # at most this share of the training rows.
+    config.evals.audit.contradiction_share = 0.02
+
     # With --predict (classify new photos) and --export.
     config.predict = ml_collections.ConfigDict()
     config.predict.combine = "auto"  # single, ensemble, uniform_soup, greedy_soup; auto: single

@@ -198,8 +198,9 @@ def _calibration_and_selective(ctx, entry) -> dict:
     }
 
 
-def write(output_dir: str, report: dict, ctx, entries: list):
-    """Writes report.json, report.md, and the CSVs and PNGs of every detailed entry."""
+def write(output_dir: str, report: dict, ctx, entries: list, extra_lines: tuple = ()):
+    """Writes report.json, report.md (with `extra_lines` at the end: sections of evaluators that
+    write files of their own), and the CSVs and PNGs of every detailed entry."""
     os.makedirs(output_dir, exist_ok=True)
     for result, entry in zip(report["results"], entries):
         if entry.detailed:
@@ -207,7 +208,9 @@ def write(output_dir: str, report: dict, ctx, entries: list):
     with open(os.path.join(output_dir, REPORT_JSON), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(output_dir, REPORT_MD), "w") as f:
-        f.write(report_markdown.markdown(report))
+        f.write(
+            report_markdown.markdown(report) + "\n".join(extra_lines) + "\n" * bool(extra_lines)
+        )
 
 
 def _write_entry_files(output_dir, result, entry, ctx) -> dict:

@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 from absl import logging
+import pandas as pd
 
 from fashion_jax import errors
 from fashion_jax import logging_setup
@@ -19,6 +20,7 @@ from fashion_jax.evaluation import data as data_lib
 from fashion_jax.evaluation import evaluators as evaluators_lib
 from fashion_jax.evaluation import heads as heads_lib
 from fashion_jax.evaluation import report as report_lib
+from fashion_jax.evaluation.evaluators import audit
 
 
 class Evaluation:
@@ -89,6 +91,7 @@ def evaluate(workdirs: list, config, output_dir: str) -> dict:
         head: _evaluate_context(evaluation.context(head), config, os.path.join(output_dir, head))
         for head in heads
     }
+    _combine_audits(output_dir, heads)
     hierarchy_result = heads_lib.hierarchy_evaluation(evaluation, config)
     heads_lib.write(output_dir, heads_lib.summary(reports, hierarchy_result))
     logging.info("Wrote %s and %s in %s", heads_lib.HEADS_JSON, heads_lib.HEADS_MD, output_dir)
@@ -97,14 +100,26 @@ def evaluate(workdirs: list, config, output_dir: str) -> dict:
 
 def _evaluate_context(ctx: context_lib.Context, config, output_dir: str) -> dict:
     names = evaluators_lib.resolve(config.evaluators, len(ctx.runs))
+    evaluators = [evaluators_lib.build(name, config) for name in names]
     entries = []
-    for name in names:
+    for name, evaluator in zip(names, evaluators):
         logging.info("Evaluator %s ...", name)
-        entries += list(evaluators_lib.build(name, config).run(ctx))
+        entries += list(evaluator.run(ctx))
     report = report_lib.build(ctx, entries, names)
-    report_lib.write(output_dir, report, ctx, entries)
+    extra = [line for e in evaluators for line in e.write_files(ctx, output_dir)]
+    report_lib.write(output_dir, report, ctx, entries, extra)
     logging.info("Wrote %s and %s in %s", report_lib.REPORT_JSON, report_lib.REPORT_MD, output_dir)
     return report
+
+
+def _combine_audits(output_dir: str, heads: list):
+    """A multi-head audit: every head's audit.csv in one, <output_dir>/audit.csv."""
+    parts = [os.path.join(output_dir, h, audit.AUDIT_CSV) for h in heads]
+    parts = [p for p in parts if os.path.exists(p)]
+    if parts:
+        pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts]).to_csv(
+            os.path.join(output_dir, audit.AUDIT_CSV), index=False
+        )
 
 
 def check_output_dir(output_dir: str, workdirs: list):

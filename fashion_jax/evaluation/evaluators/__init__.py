@@ -4,6 +4,7 @@
   single.py    each run's chosen checkpoint on its own
   ensemble.py  the (weighted) mean of the runs' predicted probabilities
   soup.py      averaged parameters: uniform and greedy soups (Wortsman et al. 2022)
+  audit.py     catalogue rows whose label is probably wrong (cleanlab, cross-fitting)
 
 An evaluator has one job and knows nothing of the others or of the report: it takes the shared
 context (fashion_jax/evaluation/context.py) and yields named prediction sets (base.Entry), from
@@ -13,6 +14,7 @@ fashion_jax/evaluation/default_config.py.
 """
 
 from fashion_jax import errors
+from fashion_jax.evaluation.evaluators import audit  # noqa: F401  (registers itself)
 from fashion_jax.evaluation.evaluators import base
 from fashion_jax.evaluation.evaluators import ensemble  # noqa: F401  (registers itself)
 from fashion_jax.evaluation.evaluators import single  # noqa: F401  (registers itself)

@@ -36,6 +36,10 @@ class Evaluator:
     def run(self, ctx):
         raise NotImplementedError
 
+    def write_files(self, ctx, output_dir: str) -> list:
+        """Files of its own, after run(); returns lines for report.md. Nothing by default."""
+        return []
+
 
 def register(cls):
     """Class decorator: makes an Evaluator subclass choosable by its `name`."""
