@@ -10,11 +10,7 @@ counts 2 x multiply-adds of the direct convolution per pass (x3 with both gradie
 first layer), whatever the formulation does.
 """
 
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fashion_jax import launch  # noqa: E402
 

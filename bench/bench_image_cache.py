@@ -4,11 +4,8 @@ python bench/bench_image_cache.py [--data_dir=...]   # default $FASHION_DATA_DIR
 """
 
 import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

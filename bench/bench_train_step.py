@@ -17,8 +17,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from fashion_jax import launch  # noqa: E402
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Defaults shared by every config: the seed study's data, model and training loop.
+"""Defaults shared by every config, each field with its meaning: the 2020 study's data, model
+and training loop (its Model 1's optimizer; configs/adam.py adds what makes it better).
 
-Launch (train Model 1 of the seed; see configs/adam.py and configs/sgd.py):
+Launch:
   python run_train.py --config=configs/default.py --workdir=runs/default
 Any field can be overridden, e.g. --config.optimizer.learning_rate=5e-4 --config.batch_size=64.
+Result: the study's Model 1 recipe; see configs/adam.py's docstring for it and its improvements.
 """
 
 import ml_collections
@@ -59,7 +61,7 @@ def get_config():
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # adam, sgd or rmsprop.
     config.optimizer.learning_rate = 1e-3
-    # "exponential" (the seed's: lr * decay_rate ** (step / decay_steps)) or "cosine" (warm-up,
+    # "exponential" (the study's: lr * decay_rate ** (step / decay_steps)) or "cosine" (warm-up,
     # then cosine decay to 0 at decay_steps; 0 = at the end of num_epochs).
     config.optimizer.schedule = "exponential"
     config.optimizer.warmup_steps = 0  # cosine only.
@@ -73,10 +75,10 @@ def get_config():
     config.optimizer.nesterov = False
     config.optimizer.rho = 0.9
     # On kernels only (not biases, not BatchNorm): decoupled for adam (AdamW), else added to the
-    # gradient as an L2 penalty. 0 = none, as in the seed.
+    # gradient as an L2 penalty. 0 = none, as in the study.
     config.optimizer.weight_decay = 0.0
 
-    # Training-time augmentation inside the jitted step (fashion_jax/augment.py); off in the seed.
+    # Training-time augmentation inside the jitted step (fashion_jax/data/augment.py); off in the study.
     config.augment = ml_collections.ConfigDict()
     config.augment.flip = False  # Mirror left-right with probability 1/2.
     config.augment.max_shift = 0  # Shift by up to this many pixels in y and x (edges repeated).
@@ -98,12 +100,12 @@ def get_config():
     config.steps_per_dispatch = 0
 
     config.early_stopping = ml_collections.ConfigDict()
-    config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the seed did.
+    config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the study did.
     config.early_stopping.patience = 3
     config.early_stopping.restore_best = True
 
     # >0: at every epoch end, recompute BatchNorm running statistics on this many training batches
-    # ("precise BN") before validating and saving; 0: keep the running averages (as the seed did).
+    # ("precise BN") before validating and saving; 0: keep the running averages (as the study did).
     config.bn_recalibration_batches = 0
     # >0 (e.g. 0.9995): also keep a (bias-corrected) moving average of the parameters, updated every
     # step; it is what is validated, early-stopped on, restored and evaluated (needs

@@ -1,7 +1,11 @@
 """configs/multi_head.py with the SmallResNet backbone (global average pooling) instead of the
-seed CNN:
+study's CNN.
 
-  python run_train.py --config=configs/multi_head_resnet.py --workdir=runs/multi_head_resnet
+  python run_train.py --config=configs/multi_head_resnet.py --workdir=runs/multi_head_resnet \
+      --config.num_epochs=10
+Result (docs/results.md, run 2): early stop after 10 epochs (best 7), masterCategory 98.48 /
+98.55 / 98.31% and subCategory 94.20 / 95.25 / 94.15% (val / test / control), 3,227 s of
+training on 2 CPU cores.
 """
 
 from configs import multi_head

@@ -64,20 +64,20 @@ def test_eval_counts_every_image_once_with_padding():
     assert sum(s["correct"] for s in sums) == expected_correct
 
 
-def test_train_batches_cover_the_epoch_with_fixed_shapes():
-    images = np.arange(10)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
-    labels = np.arange(10, dtype=np.int32)
-    batches = list(input_pipeline.train_batches(images, labels, 4, seed=0, epoch=0))
-    assert [s for s, _ in batches] == [0, 1, 2]
-    seen = np.concatenate([b["label"] for _, b in batches])
+def test_train_indices_cover_the_epoch_with_fixed_shapes():
+    chunks = list(input_pipeline.train_indices(10, 4, seed=0, epoch=0))
+    assert [s for s, _ in chunks] == [0, 1, 2]
+    seen = np.concatenate([indices[0] for _, indices in chunks])
     assert len(seen) == 12 and set(seen) == set(range(10))
-    assert all(b["image"].shape == (4, 2, 2, 3) for _, b in batches)
-    again = list(input_pipeline.train_batches(images, labels, 4, seed=0, epoch=0, first_step=1))
-    np.testing.assert_array_equal(again[0][1]["label"], batches[1][1]["label"])
-    other_epoch = np.concatenate(
-        [b["label"] for _, b in input_pipeline.train_batches(images, labels, 4, 0, epoch=1)]
-    )
+    assert all(indices.shape == (1, 4) for _, indices in chunks)
+    again = list(input_pipeline.train_indices(10, 4, seed=0, epoch=0, first_step=1))
+    np.testing.assert_array_equal(again[0][1], chunks[1][1])
+    other_epoch = np.concatenate([i[0] for _, i in input_pipeline.train_indices(10, 4, 0, 1)])
     assert not np.array_equal(seen, other_epoch)
+    rows = list(input_pipeline.train_indices(10, 4, seed=0, epoch=0, rows=slice(2, 4)))
+    np.testing.assert_array_equal(rows[0][1], chunks[0][1][:, 2:4])  # A process's part.
+    chunked = list(input_pipeline.train_indices(10, 4, seed=0, epoch=0, steps_per_chunk=2))
+    assert [i.shape for _, i in chunked] == [(2, 4), (1, 4)]
 
 
 def test_nan_loss_stops_with_a_clear_message():

@@ -68,20 +68,6 @@ def train_indices(
         yield start, order[positions % num_examples]
 
 
-def train_batches(
-    images,
-    labels,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    first_step: int = 0,
-    rows: slice = slice(None),
-):
-    """Yields (step_in_epoch, batch) from `first_step` to the end of the epoch (host gather)."""
-    for step, indices in train_indices(len(labels), batch_size, seed, epoch, first_step, rows):
-        yield step, {"image": images[indices[0]], "label": labels[indices[0]]}
-
-
 def eval_batches(images, labels, batch_size: int, rows: slice = slice(None)):
     """Yields padded batches with a float32 `mask` (1 for real images, 0 for padding).
 

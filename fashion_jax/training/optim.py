@@ -36,7 +36,7 @@ def check_config(opt_config, total_steps: int | None = None) -> None:
 def create_learning_rate_fn(opt_config, total_steps: int = 0):
     """The learning rate per step, by `opt_config.schedule`:
 
-    "exponential" (the seed's): lr * decay_rate ** (step / decay_steps), optionally staircase.
+    "exponential" (the 2020 study's): lr * decay_rate ** (step / decay_steps), optionally staircase.
     "cosine": linear warm-up over warmup_steps, then cosine decay to 0 at decay_steps, or at
     `total_steps` (the run's num_epochs * steps per epoch) when decay_steps is 0.
     """
