@@ -42,11 +42,11 @@ def write_synthetic_dataset(root, rows_per_class=24, seed=0, classes=None):
     return root
 
 
-def write_multi_head_dataset(root, rows_per_class=20):
+def write_multi_head_dataset(root, rows_per_class=20, classes=None):
     """write_synthetic_dataset with varied columns for several heads: gender (every tenth row
     missing), subCategory (one per masterCategory, one rare value) and articleType (two per
     subCategory)."""
-    root = write_synthetic_dataset(root, rows_per_class=rows_per_class)
+    root = write_synthetic_dataset(root, rows_per_class=rows_per_class, classes=classes)
     lines = (root / "styles.csv").read_text().splitlines()
     out = [lines[0]]
     for n, line in enumerate(lines[1:]):

@@ -25,6 +25,7 @@ from fashion_jax import saved_runs
 from fashion_jax.data import image_cache
 from fashion_jax.evaluation import evaluators
 from fashion_jax.evaluation import runner
+from fashion_jax.evaluation import statistics
 from fashion_jax.evaluation.evaluators import soup
 from fashion_jax.inference import classifier
 from fashion_jax.inference import predictor
@@ -155,8 +156,19 @@ def test_report_holds_the_numbers_and_leaves_checkpoints_untouched(runs, tmp_pat
     assert len(by_kind["soup ingredient"]) == 2  # Two workdirs: one checkpoint each.
     # The 2020 study described five masterCategory classes; these runs have four: no comparison.
     assert report["reference"] is None and "98.76%" not in markdown
-    pairs = report["paired_tests"]["test"]
-    assert {(t["a"], t["b"]) for t in pairs} >= {(adam["name"], sgd["name"])}
+    images, labels, _ = own_subset(runs, "test")
+    right_adam = own_probabilities(model, adam_variables, images).argmax(1) == labels
+    right_sgd = own_probabilities(model, sgd_variables, images).argmax(1) == labels
+    (pair,) = [
+        t for t in report["paired_tests"]["test"] if (t["a"], t["b"]) == (adam["name"], sgd["name"])
+    ]
+    assert pair["only_a_correct"] == (right_adam & ~right_sgd).sum()
+    assert pair["only_b_correct"] == (right_sgd & ~right_adam).sum()
+    low, high = adam["metrics"]["test"]["intervals"]["accuracy"]
+    assert (low, high) == pytest.approx(
+        statistics.wilson_interval(int(right_adam.sum()), len(labels), 0.95)
+    )
+    assert low <= right_adam.mean() <= high
     assert not any("different initialisations" in w for w in report["warnings"])
 
 

@@ -161,3 +161,27 @@ def test_ensemble_and_soups_of_multi_head_runs(multi_head_run, tmp_path):
         np.log(np.exp(members[0]) / 2 + np.exp(members[1]) / 2).argmax(-1) == ctx.labels("val")
     ).mean()
     assert ensemble["metrics"]["val"]["accuracy"] == pytest.approx(expected)
+
+
+def test_the_2020_study_is_shown_only_beside_its_own_label_column(tmp_path, cache_dir):
+    """Five masterCategory classes as the study had (Home merged into Free Items): its numbers
+    appear in the masterCategory report and in no other head's."""
+    from fashion_jax.training import train
+
+    classes = ["Accessories", "Apparel", "Footwear", "Personal Care", "Home"]
+    data = write_multi_head_dataset(tmp_path / "data", rows_per_class=12, classes=classes)
+    config = tiny_config(data, num_epochs=1, **{"data.head_columns": ("masterCategory", "gender")})
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    reports = runner.evaluate(
+        [str(tmp_path / "run")],
+        eval_config(evaluators="single", batch_size=16, subsets="val,control"),
+        str(tmp_path / "eval"),
+    )
+    assert reports["masterCategory"]["class_names"][3] == "Free Items"
+    assert reports["masterCategory"]["reference"]["accuracy"]["Model 1 (Adam)"] == 0.9876
+    assert reports["gender"]["reference"] is None
+    master = (tmp_path / "eval" / "masterCategory" / "report.md").read_text()
+    gender = (tmp_path / "eval" / "gender" / "report.md").read_text()
+    assert "## Compared with the 2020 Keras study (control subset)" in master
+    assert "98.76%" in master and "Model 1 (Adam)" in master
+    assert "Compared with" not in gender and "98.76" not in gender
