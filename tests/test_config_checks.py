@@ -88,7 +88,7 @@ EVAL_CASES = [
         {"evaluators": "singl"},
         1,
         False,
-        "--config.evaluators='singl' is not a valid choice; choose one of: ensemble, single, soup, auto",
+        "--config.evaluators='singl' is not a valid choice; choose one of: audit, ensemble, single, soup, auto",
     ),
     (
         {"subsets": "val,tset"},
