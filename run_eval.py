@@ -1,4 +1,4 @@
-"""Evaluate trained fashion_jax workdirs, or classify new photos with them.
+r"""Evaluate trained fashion_jax workdirs, or classify new photos with them.
 
 Evaluate (checkpoints are read, never written; outputs go to --output_dir):
   python run_eval.py --workdirs=runs/adam,runs/sgd --output_dir=eval/adam_sgd

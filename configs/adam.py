@@ -1,4 +1,4 @@
-"""Model 1 of the 2020 study, improved: its Adam (exponential decay from 1e-3, 10000 steps, rate
+r"""Model 1 of the 2020 study, improved: its Adam (exponential decay from 1e-3, 10000 steps, rate
 0.9, batch 32) plus two changes that make its numbers trustworthy and better: a bias-corrected
 moving average of the weights (decay 0.9995, about two epochs), which is what is validated,
 early-stopped on and evaluated, and BatchNorm statistics recomputed for it on 100 training

@@ -1,4 +1,4 @@
-"""Cross-fitting for the catalogue audit: fold k of 4 trains a multi-head seed CNN on the train
+r"""Cross-fitting for the catalogue audit: fold k of 4 trains a multi-head seed CNN on the train
 rows of the other three folds, so its predictions for fold k's rows are out-of-sample; val, test
 and control are the usual ones (every fold run predicts them out-of-sample too).
 

@@ -1,4 +1,4 @@
-"""Soup ingredients: short fine-tunes of one shared start, each with other hyper-parameters
+r"""Soup ingredients: short fine-tunes of one shared start, each with other hyper-parameters
 (Wortsman et al. 2022's recipe: one pre-trained start, a sweep of fine-tunes, then uniform and
 greedy soups of their weights).
 

@@ -1,4 +1,4 @@
-"""configs/multi_head.py with the SmallResNet backbone (global average pooling) instead of the
+r"""configs/multi_head.py with the SmallResNet backbone (global average pooling) instead of the
 study's CNN.
 
   python run_train.py --config=configs/multi_head_resnet.py --workdir=runs/multi_head_resnet \

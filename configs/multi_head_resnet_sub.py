@@ -1,4 +1,4 @@
-"""configs/multi_head_resnet_aug.py with more weight on subCategory: its loss counts twice, and
+r"""configs/multi_head_resnet_aug.py with more weight on subCategory: its loss counts twice, and
 every head trains on label-smoothed targets (0.1), validation loss staying the plain
 cross-entropy. The best single network here, and the start of the soups (configs/finetune.py).
 

@@ -1,4 +1,4 @@
-"""run_eval.py's configuration: every evaluation, report and prediction option, in one place.
+r"""run_eval.py's configuration: every evaluation, report and prediction option, in one place.
 
 run_eval.py loads this file by default; override any field on the command line, e.g.
   python run_eval.py --workdirs=runs/adam --output_dir=eval/adam \
