@@ -23,6 +23,7 @@ from fashion_jax import errors
 from fashion_jax import models
 from fashion_jax import saved_runs
 from fashion_jax.data import image_cache
+from fashion_jax.evaluation import config_checks
 from fashion_jax.evaluation import evaluators
 from fashion_jax.evaluation import runner
 from fashion_jax.evaluation import statistics
@@ -170,6 +171,43 @@ def test_report_holds_the_numbers_and_leaves_checkpoints_untouched(runs, tmp_pat
     )
     assert low <= right_adam.mean() <= high
     assert not any("different initialisations" in w for w in report["warnings"])
+
+
+def test_paired_tests_against_another_evaluations_predictions(runs, tmp_path):
+    first = tmp_path / "adam_alone"
+    runner.evaluate([str(runs["adam"])], eval_config(evaluators="single"), str(first))
+    (adam,) = json.loads((first / "report.json").read_text())["results"]
+    predictions = pd.read_csv(first / adam["slug"] / "test_predictions.csv")
+    images, labels, classes = own_subset(runs, "test")
+    model, adam_variables = own_state(runs["adam"], best_step(runs["adam"]))
+    right_adam = own_probabilities(model, adam_variables, images).argmax(1) == labels
+    split = pd.read_csv(runs["adam"] / "split.csv")
+    assert list(predictions["id"]) == list(split[split["subset"] == "test"]["id"])
+    assert list(predictions["label"]) == [classes[n] for n in labels]
+    assert ((predictions["predicted"] == predictions["label"]).to_numpy() == right_adam).all()
+
+    second = tmp_path / "sgd_against_adam"
+    config = eval_config(evaluators="single", **{"report.compare_with": str(first / adam["slug"])})
+    runner.evaluate([str(runs["sgd"])], config, str(second))
+    report = json.loads((second / "report.json").read_text())
+    _, sgd_variables = own_state(runs["sgd"], best_step(runs["sgd"]))
+    right_sgd = own_probabilities(model, sgd_variables, images).argmax(1) == labels
+    (test,) = report["paired_tests_with_other_evaluations"]["test"]
+    assert test["b"].startswith(adam["slug"])
+    assert test["only_a_correct"] == (right_sgd & ~right_adam).sum()
+    assert test["only_b_correct"] == (right_adam & ~right_sgd).sum()
+    assert "against other evaluations" in (second / "report.md").read_text()
+
+    other_split = tmp_path / "other_split"
+    shutil.copytree(first / adam["slug"], other_split)
+    shortened = pd.read_csv(other_split / "test_predictions.csv").iloc[1:]
+    shortened.to_csv(other_split / "test_predictions.csv", index=False)
+    config = eval_config(evaluators="single", **{"report.compare_with": str(other_split)})
+    with pytest.raises(errors.EvalError, match="test_predictions.csv holds"):
+        runner.evaluate([str(runs["sgd"])], config, str(tmp_path / "refused"))
+    config = eval_config(evaluators="single", **{"report.compare_with": str(tmp_path)})
+    with pytest.raises(errors.ConfigError, match="holds no"):
+        config_checks.check_eval_config(config, 1)
 
 
 def test_checkpoint_selection_by_best_latest_or_step(runs):

@@ -1,6 +1,9 @@
 """Every check of run_eval.py's configuration (default_config.py), run before any checkpoint is
 read, any image decoded or any kernel compiled. Each evaluator checks its own section."""
 
+import glob
+import os
+
 from fashion_jax import errors
 from fashion_jax.data import dataset
 from fashion_jax.data import image_cache
@@ -8,6 +11,7 @@ from fashion_jax.inference import predictor
 
 CHECKPOINT_CHOICES = ("best", "latest", "<step number>")
 COMBINE_CHOICES = ("auto", "single", "ensemble", "uniform_soup", "greedy_soup")
+PREDICTIONS_SUFFIX = "_predictions.csv"  # <subset>_predictions.csv, per detailed model.
 
 
 def names(value) -> tuple:
@@ -42,6 +46,13 @@ def check_eval_config(config, num_workdirs: int, predicting: bool = False) -> No
         if not 0 < value < 1 and not (field == "target_precision" and value == 1):
             raise errors.ConfigError(
                 f"--config.report.{field}={value} must be a probability in (0, 1), e.g. 0.95."
+            )
+    for folder in names(config.report.compare_with):
+        if not glob.glob(os.path.join(folder, "*" + PREDICTIONS_SUFFIX)):
+            raise errors.ConfigError(
+                f"--config.report.compare_with: {folder} holds no *{PREDICTIONS_SUFFIX}; give the "
+                "folder of one model in another evaluation's --output_dir (run_eval.py writes "
+                "one per detailed model)."
             )
     from fashion_jax.evaluation import evaluators  # Here: the evaluators use names() above.
 

@@ -42,6 +42,10 @@ def get_config():
     # Published numbers to show beside ours, for the label column and classes they describe (a
     # JSON file like fashion_jax/evaluation/study_2020.json); "": that file; "none": no comparison.
     config.report.reference_file = ""
+    # Models of other evaluations to test every model here against (McNemar, same images): their
+    # folders in those output dirs (e.g. eval/study/ensemble_of_adam_sgd), comma-separated; each
+    # holds <subset>_predictions.csv, written for every detailed model.
+    config.report.compare_with = ""
 
     config.evals = ml_collections.ConfigDict()
     config.evals.single = ml_collections.ConfigDict()  # Each workdir's checkpoint on its own.

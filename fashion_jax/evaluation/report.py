@@ -15,8 +15,10 @@ import re
 import numpy as np
 import pandas as pd
 
+from fashion_jax import errors
 from fashion_jax import saved_runs
 from fashion_jax.evaluation import calibration
+from fashion_jax.evaluation import config_checks
 from fashion_jax.evaluation import figures
 from fashion_jax.evaluation import metrics
 from fashion_jax.evaluation import report_markdown
@@ -78,6 +80,7 @@ def build(ctx, entries: list, evaluator_names: list) -> dict:
         "tta": ctx.config.tta,
         "results": results,
         "paired_tests": _paired_tests(ctx, entries),
+        "paired_tests_with_other_evaluations": _tests_against_other_evaluations(ctx, entries),
         "reference": reference,
         "warnings": list(ctx.warnings),
     }
@@ -114,6 +117,49 @@ def _metrics(ctx, log_probs, subset: str, detailed: bool) -> dict:
         "recall": dict(zip(ctx.class_names, boot["recall"])),
     }
     return numbers
+
+
+def _tests_against_other_evaluations(ctx, entries: list) -> dict:
+    """{subset: McNemar's exact test of every entry here against every model of
+    --config.report.compare_with with this label column, on the same images (matched by id)}."""
+    tests = {}
+    for folder in config_checks.names(ctx.config.report.compare_with):
+        for subset in ctx.subsets:
+            path = os.path.join(folder, subset + config_checks.PREDICTIONS_SUFFIX)
+            if not os.path.exists(path):
+                continue
+            other = pd.read_csv(path, dtype={"label": str, "predicted": str})
+            if set(other.get("label_column", [])) != {label_column(ctx)}:
+                continue  # Another head's predictions: compare like with like only.
+            data = ctx.data.subset(subset)
+            positions = pd.Index(other["id"]).get_indexer(data.ids)
+            if (positions < 0).any() or len(other) != len(data.ids):
+                raise errors.EvalError(
+                    f"--config.report.compare_with: {path} holds {len(other)} {subset} images, "
+                    f"of which {int((positions >= 0).sum())} are among this evaluation's "
+                    f"{len(data.ids)}; compare models evaluated on the same split and subset."
+                )
+            other = other.iloc[positions]
+            names = np.asarray(ctx.class_names)
+            if not (other["label"].to_numpy() == names[data.labels]).all():
+                raise errors.EvalError(
+                    f"--config.report.compare_with: {path} gives other labels for the same ids; "
+                    "compare models of the same label column."
+                )
+            other_correct = (other["predicted"] == other["label"]).to_numpy()
+            name = os.path.basename(os.path.normpath(folder)) + f" ({folder})"
+            tests.setdefault(subset, []).extend(
+                dict(
+                    a=entry.name,
+                    b=name,
+                    **statistics.mcnemar_exact(
+                        entry.log_probs[subset].argmax(-1) == data.labels, other_correct
+                    ),
+                )
+                for entry in entries
+                if subset in entry.log_probs
+            )
+    return tests
 
 
 def _paired_tests(ctx, entries: list) -> dict:
@@ -220,7 +266,13 @@ def _write_entry_files(output_dir, result, entry, ctx) -> dict:
     for subset, log_probs in entry.log_probs.items():
         paths = {
             kind: os.path.join(folder, f"{subset}_{kind}")
-            for kind in ("confusion.csv", "confusion.png", "misclassified.png", "reliability.png")
+            for kind in (
+                "confusion.csv",
+                "confusion.png",
+                "misclassified.png",
+                "reliability.png",
+                config_checks.PREDICTIONS_SUFFIX[1:],
+            )
         }
         matrix = result["metrics"][subset]["confusion_matrix"]
         pd.DataFrame(matrix, index=pd.Index(names, name="true \\ predicted"), columns=names).to_csv(
@@ -234,6 +286,15 @@ def _write_entry_files(output_dir, result, entry, ctx) -> dict:
         )
         predicted = log_probs.argmax(-1)
         confidence = np.exp(log_probs.max(-1))
+        pd.DataFrame(
+            {
+                "id": data.ids,
+                "label_column": label_column(ctx),
+                "label": np.asarray(names)[data.labels],
+                "predicted": np.asarray(names)[predicted],
+                "probability": confidence,
+            }
+        ).to_csv(paths[config_checks.PREDICTIONS_SUFFIX[1:]], index=False, float_format="%.6f")
         captions = [
             f"id {data.ids[i]}\ntrue: {names[data.labels[i]]}\n"
             f"pred: {names[predicted[i]]} ({confidence[i]:.2f})"

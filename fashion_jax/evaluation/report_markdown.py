@@ -212,7 +212,11 @@ def _reference_section(report) -> list:
 def _paired_section(report) -> list:
     """McNemar's exact test of every two models on each subset's images."""
     lines = []
-    for subset, tests in report.get("paired_tests", {}).items():
+    tested = list(report.get("paired_tests", {}).items()) + [
+        (f"{subset}, against other evaluations", tests)
+        for subset, tests in report.get("paired_tests_with_other_evaluations", {}).items()
+    ]
+    for subset, tests in tested:
         if not tests:
             continue
         lines += [

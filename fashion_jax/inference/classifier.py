@@ -61,7 +61,7 @@ class Classifier:
         mixture: predictor.Mixture,
         class_names: dict,
         image_shape: tuple,
-        resize: str = "pad",
+        resize: str,
         batch_size: int = 256,
         description: str = "",
         consistent=None,
@@ -205,7 +205,7 @@ def load_classifier(
     combine: str = "auto",
     weights=None,
     tta: str = "none",
-    resize: str = "pad",
+    resize: str | None = None,
     batch_size: int = 256,
     data_dir: str = "",
     config: ml_collections.ConfigDict | None = None,
@@ -222,7 +222,9 @@ def load_classifier(
     if config is None:
         config = default_config.get_config()
         config.checkpoint, config.tta, config.batch_size = str(checkpoint), tta, batch_size
-        config.data_dir, config.predict.combine, config.predict.resize = data_dir, combine, resize
+        config.data_dir, config.predict.combine = data_dir, combine
+        if resize is not None:  # Else the default of run_eval.py's --config.predict.resize.
+            config.predict.resize = resize
         if weights is not None:
             config.evals.ensemble.weights = ",".join(str(float(w)) for w in weights)
     config_checks.check_eval_config(config, len(workdirs), predicting=True)
