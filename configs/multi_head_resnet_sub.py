@@ -7,7 +7,10 @@ cross-entropy. The best single network here, and the start of the soups (configs
       --config.checkpoint=latest
 Result (docs/results.md, run 5; 16 epochs, latest checkpoint, flip TTA): masterCategory 98.98 /
 99.29 / 99.10%, subCategory 95.96 / 96.10 / 96.03%, gender 91.73 / 91.82 / 91.30% (val / test
-/ control), 4,544 s of training on one CPU core.
+/ control), 4,544 s of training on one CPU core. With --config.num_epochs=12 (the soups' start,
+docs/results.md, "Soups of fine-tunes"; best checkpoint, no TTA): masterCategory 98.84 / 99.05 /
+99.00%, subCategory 95.86 / 95.70 / 95.60%, gender 90.92 / 90.85 / 90.83%, 11,291 s on one core
+of a 2-core AVX2-only EPYC shared with another run.
 """
 
 from configs import multi_head

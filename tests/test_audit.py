@@ -95,6 +95,15 @@ def test_audit_finds_the_changed_labels_and_the_contradictions(folds, tmp_path):
     assert (out / "masterCategory" / "audit_masterCategory.png").stat().st_size > 1000
 
 
+def test_one_run_audited_beside_single_is_reported_once(folds, tmp_path):
+    config = eval_config(evaluators="single,audit", subsets="val", batch_size=16)
+    runner.evaluate([str(folds / "fold_0")], config, str(tmp_path / "eval"))
+    report = json.loads((tmp_path / "eval" / "masterCategory" / "report.json").read_text())
+    # The audit's combination of one run is that run, which the single evaluator reports.
+    assert [entry["kind"] for entry in report["results"]] == ["single"]
+    assert (tmp_path / "eval" / audit.AUDIT_CSV).exists()
+
+
 def test_hierarchy_contradictions_use_the_training_rows():
     split = pd.DataFrame(
         {

@@ -187,12 +187,19 @@ def test_paired_tests_against_another_evaluations_predictions(runs, tmp_path):
     assert ((predictions["predicted"] == predictions["label"]).to_numpy() == right_adam).all()
 
     second = tmp_path / "sgd_against_adam"
-    config = eval_config(evaluators="single", **{"report.compare_with": str(first / adam["slug"])})
+    config = eval_config(
+        evaluators="single,soup",
+        **{"report.compare_with": str(first / adam["slug"]), "evals.soup.kinds": "uniform"},
+    )
     runner.evaluate([str(runs["sgd"])], config, str(second))
     report = json.loads((second / "report.json").read_text())
     _, sgd_variables = own_state(runs["sgd"], best_step(runs["sgd"]))
     right_sgd = own_probabilities(model, sgd_variables, images).argmax(1) == labels
-    (test,) = report["paired_tests_with_other_evaluations"]["test"]
+    tests = report["paired_tests_with_other_evaluations"]["test"]
+    # Each model once: the single model, the other soup ingredients, the soup.
+    names = [t["a"] for t in tests]
+    assert len(names) == len(set(names)) >= 3, names
+    (test,) = [t for t in tests if t["a"] == report["results"][0]["name"]]
     assert test["b"].startswith(adam["slug"])
     assert test["only_a_correct"] == (right_sgd & ~right_adam).sum()
     assert test["only_b_correct"] == (right_adam & ~right_sgd).sum()
@@ -338,6 +345,33 @@ def test_soups_hold_at_most_two_models_whatever_the_number_of_ingredients():
         greedy.variables["w"], np.mean([t["w"] for t in trees], 0), atol=1e-6
     )
     assert len(peaks) == 8 + 8 and max(peaks) <= 1
+
+
+def test_the_greedy_soups_ingredients_are_also_ensembled():
+    rng = np.random.default_rng(0)
+    log_probs = {
+        (name, subset): np.log(rng.dirichlet(np.ones(3), size=5)).astype(np.float32)
+        for name in "abc"
+        for subset in ("val", "test")
+    }
+
+    class Context:
+        subsets = ("val", "test")
+
+        def checkpoint_log_probs(self, checkpoint, subset):
+            return log_probs[checkpoint.name, subset]
+
+    ingredients = [Named(name) for name in "abc"]
+    greedy = soup.Soup("greedy", {}, {"ingredients": ["c", "a"]})
+    entry = soup.greedy_members_ensemble(Context(), ingredients, greedy)
+    assert entry.kind == "ensemble" and entry.details["members"] == ["c", "a"]
+    for subset in ("val", "test"):
+        mean = (np.exp(log_probs["a", subset]) + np.exp(log_probs["c", subset])) / 2
+        np.testing.assert_allclose(np.exp(entry.log_probs[subset]), mean, rtol=1e-5)
+    # Greedy kept one ingredient (the ingredient itself) or all (the ensemble evaluator's).
+    for kept in (["b"], ["a", "b", "c"]):
+        greedy = soup.Soup("greedy", {}, {"ingredients": kept})
+        assert soup.greedy_members_ensemble(Context(), ingredients, greedy) is None
 
 
 def test_greedy_soup_is_never_worse_on_validation_than_its_best_ingredient(runs):

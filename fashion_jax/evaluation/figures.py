@@ -55,7 +55,8 @@ def plot_misclassified(
         ax.set_title(caption, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # Leaves the top 0.45 inch to the title, which tight_layout alone would overlap.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()) if title else None)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -93,6 +94,7 @@ def plot_reliability(curves: dict, path: str, title: str = ""):
     share_ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # Leaves the top 0.45 inch to the title, which tight_layout alone would overlap.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()) if title else None)
     fig.savefig(path, dpi=100)
     plt.close(fig)

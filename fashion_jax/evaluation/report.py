@@ -119,6 +119,14 @@ def _metrics(ctx, log_probs, subset: str, detailed: bool) -> dict:
     return numbers
 
 
+def _distinct_models(entries: list) -> list:
+    """The entries without the soup-ingredient rows of models that also have their own row."""
+    own_rows = {e.name for e in entries if e.kind != "soup ingredient"}
+    return [e for e in entries if e.kind != "soup ingredient"] + [
+        e for e in entries if e.kind == "soup ingredient" and e.name not in own_rows
+    ]
+
+
 def _tests_against_other_evaluations(ctx, entries: list) -> dict:
     """{subset: McNemar's exact test of every entry here against every model of
     --config.report.compare_with with this label column, on the same images (matched by id)}."""
@@ -156,7 +164,7 @@ def _tests_against_other_evaluations(ctx, entries: list) -> dict:
                         entry.log_probs[subset].argmax(-1) == data.labels, other_correct
                     ),
                 )
-                for entry in entries
+                for entry in _distinct_models(entries)
                 if subset in entry.log_probs
             )
     return tests
@@ -164,12 +172,7 @@ def _tests_against_other_evaluations(ctx, entries: list) -> dict:
 
 def _paired_tests(ctx, entries: list) -> dict:
     """{subset: [McNemar's exact test of every pair of distinct entries on the same images]}."""
-    entries = [e for e in entries if e.kind != "soup ingredient"] + [
-        e
-        for e in entries
-        if e.kind == "soup ingredient"
-        and e.name not in {x.name for x in entries if x.kind != "soup ingredient"}
-    ]
+    entries = _distinct_models(entries)
     tests = {}
     for subset in ctx.subsets:
         labels = ctx.labels(subset)

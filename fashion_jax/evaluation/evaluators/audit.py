@@ -104,6 +104,8 @@ class Audit(base.Evaluator):
     def run(self, ctx):
         self.findings = self._find(ctx)
         members = [c.name for c in ctx.checkpoints]
+        if len(members) == 1 and "single" in config_checks.names(ctx.config.evaluators):
+            return  # The single evaluator already reports this very model.
         yield base.Entry(
             f"out-of-sample ensemble of {len(members)} runs",
             "ensemble",

@@ -32,6 +32,7 @@ from fashion_jax import saved_runs
 from fashion_jax.evaluation import config_checks
 from fashion_jax.evaluation.evaluators import base
 from fashion_jax.evaluation.evaluators import single
+from fashion_jax.inference import predictor
 from fashion_jax.training import batch_norm
 
 SOUP_KINDS = ("uniform", "greedy")
@@ -241,6 +242,25 @@ def cook(ctx, section, kinds=SOUP_KINDS):
     return ingredients, accuracies, soups
 
 
+def greedy_members_ensemble(ctx, ingredients: list, greedy: Soup):
+    """The Entry of the prediction ensemble of the greedy soup's ingredients (the paper's
+    comparison at K times the inference cost), or None when greedy kept one or all of them (the
+    best ingredient itself, or the ensemble of all)."""
+    chosen = greedy.details["ingredients"]
+    if not 1 < len(chosen) < len(ingredients):
+        return None
+    members = [c for c in ingredients if c.name in chosen]
+    return base.Entry(
+        f"ensemble of the greedy soup's {len(members)} ingredients",
+        "ensemble",
+        {
+            s: predictor.mix([ctx.checkpoint_log_probs(c, s) for c in members], None)
+            for s in ctx.subsets
+        },
+        {"members": chosen, "weights": [1 / len(members)] * len(members)},
+    )
+
+
 def _recalibration(ctx, section, reference):
     """The recalibrate function per bn_batches / bn_batch_size, and its description. It returns
     new variables (the same params, new statistics) and leaves its argument as it is."""
@@ -307,3 +327,7 @@ class SoupEvaluator(base.Evaluator):
                 {s: ctx.log_probs(model, variables, s, key=name) for s in ctx.subsets},
                 result.details,
             )
+            if result.kind == "greedy":
+                ensemble = greedy_members_ensemble(ctx, ingredients, result)
+                if ensemble is not None:
+                    yield ensemble
