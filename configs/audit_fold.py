@@ -9,7 +9,7 @@ Then the audit (cleanlab's confident learning on the out-of-sample probabilities
   python run_eval.py --workdirs=runs/audit_fold_0,runs/audit_fold_1,runs/audit_fold_2,\
 runs/audit_fold_3 --config.evaluators=audit --output_dir=eval/audit
 
-Results: docs/results.md, "Catalogue audit".
+What the audit found and costs: docs/results.md, "The catalogue audit".
 """
 
 from configs import multi_head
