@@ -212,6 +212,16 @@ def test_paired_tests_against_another_evaluations_predictions(runs, tmp_path):
     config = eval_config(evaluators="single", **{"report.compare_with": str(other_split)})
     with pytest.raises(errors.EvalError, match="test_predictions.csv holds"):
         runner.evaluate([str(runs["sgd"])], config, str(tmp_path / "refused"))
+    without_control = tmp_path / "without_control"
+    shutil.copytree(first / adam["slug"], without_control)
+    (without_control / "control_predictions.csv").unlink()
+    config = eval_config(
+        evaluators="single", subsets="control", **{"report.compare_with": str(without_control)}
+    )
+    runner.evaluate([str(runs["sgd"])], config, str(tmp_path / "no_control"))
+    report = json.loads((tmp_path / "no_control" / "report.json").read_text())
+    assert report["paired_tests_with_other_evaluations"] == {}
+    assert any("has no control predictions" in w for w in report["warnings"])
     config = eval_config(evaluators="single", **{"report.compare_with": str(tmp_path)})
     with pytest.raises(errors.ConfigError, match="holds no"):
         config_checks.check_eval_config(config, 1)

@@ -10,6 +10,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save_with_title(fig, path: str, title: str):
+    """Saves and closes a figure, with `title` above all its panels."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    # Leaves the top 0.45 inch to the title, which tight_layout alone would overlap.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()) if title else None)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_confusion_matrix(matrix, class_names: list, path: str, title: str = ""):
     """Row-normalised confusion matrix with class names and each cell's value."""
     matrix = np.asarray(matrix, np.float64)
@@ -53,12 +63,7 @@ def plot_misclassified(
     for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(image)
         ax.set_title(caption, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    # Leaves the top 0.45 inch to the title, which tight_layout alone would overlap.
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()) if title else None)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_with_title(fig, path, title)
 
 
 def plot_reliability(curves: dict, path: str, title: str = ""):
@@ -92,9 +97,4 @@ def plot_reliability(curves: dict, path: str, title: str = ""):
     )
     share_ax.set_ylim(top=3.0)  # Room above a bin holding every image for the legend.
     share_ax.legend(loc="upper left", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    # Leaves the top 0.45 inch to the title, which tight_layout alone would overlap.
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()) if title else None)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_with_title(fig, path, title)

@@ -131,10 +131,16 @@ def _tests_against_other_evaluations(ctx, entries: list) -> dict:
     """{subset: McNemar's exact test of every entry here against every model of
     --config.report.compare_with with this label column, on the same images (matched by id)}."""
     tests = {}
+    models = _distinct_models(entries)
+    names = np.asarray(ctx.class_names)
     for folder in config_checks.names(ctx.config.report.compare_with):
         for subset in ctx.subsets:
             path = os.path.join(folder, subset + config_checks.PREDICTIONS_SUFFIX)
             if not os.path.exists(path):
+                ctx.warn(
+                    f"--config.report.compare_with: {folder} has no {subset} predictions "
+                    f"({os.path.basename(path)}); its paired tests on {subset} are left out."
+                )
                 continue
             other = pd.read_csv(path, dtype={"label": str, "predicted": str})
             if set(other.get("label_column", [])) != {label_column(ctx)}:
@@ -148,7 +154,6 @@ def _tests_against_other_evaluations(ctx, entries: list) -> dict:
                     f"{len(data.ids)}; compare models evaluated on the same split and subset."
                 )
             other = other.iloc[positions]
-            names = np.asarray(ctx.class_names)
             if not (other["label"].to_numpy() == names[data.labels]).all():
                 raise errors.EvalError(
                     f"--config.report.compare_with: {path} gives other labels for the same ids; "
@@ -164,7 +169,7 @@ def _tests_against_other_evaluations(ctx, entries: list) -> dict:
                         entry.log_probs[subset].argmax(-1) == data.labels, other_correct
                     ),
                 )
-                for entry in _distinct_models(entries)
+                for entry in models
                 if subset in entry.log_probs
             )
     return tests
