@@ -14,7 +14,7 @@ The evaluator holds at most two models' variables whatever K is, so the peak sho
 one model (11 MB) per ingredient; time grows with K, since every ingredient and greedy candidate
 is predicted on the subset. ru_maxrss includes pages of the memory-mapped image cache and varies
 between identical runs by more than one model, so the script also samples the process's anonymous
-resident memory (what it allocates itself), and `--repeats` measures each K several times and
+resident memory (what it allocates itself), and `--runs_per_k` measures each K several times and
 reports every run and their median.
 """
 
@@ -35,7 +35,7 @@ flags.DEFINE_list("ingredients", ["2", "4", "8", "16"], "Numbers of ingredients 
 flags.DEFINE_integer("max_rows", 3000, "Rows of the stratified slice the start and fine-tunes use.")
 flags.DEFINE_string("subsets", "val", "Subsets the soup evaluator predicts (--config.subsets).")
 flags.DEFINE_string("head", "masterCategory", "Head the soups are reported for (--config.head).")
-flags.DEFINE_integer("repeats", 1, "Evaluations per K (fresh processes), to show the spread.")
+flags.DEFINE_integer("runs_per_k", 1, "Evaluations per K (fresh processes), to show the spread.")
 flags.DEFINE_string("root", "", "Folder for the runs (default: a temporary folder, removed).")
 flags.DEFINE_string("data_dir", "", "Dataset folder (default: found as run_train.py finds it).")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
@@ -178,15 +178,15 @@ def main(argv):
     counts = sorted({int(k) for k in FLAGS.ingredients})
     if counts[0] < 2:
         raise app.UsageError("--ingredients: a soup needs at least 2 ingredients.")
-    if FLAGS.repeats < 1:
-        raise app.UsageError("--repeats: at least 1.")
+    if FLAGS.runs_per_k < 1:
+        raise app.UsageError("--runs_per_k: at least 1.")
     root = FLAGS.root or tempfile.mkdtemp(prefix="soup_memory_")
     os.makedirs(root, exist_ok=True)
     try:
         workdirs = train_ingredients(root, counts[-1])
         results = []
         for k in counts:
-            results.append(measure_repeated(root, workdirs[:k], FLAGS.repeats))
+            results.append(measure_repeated(root, workdirs[:k], FLAGS.runs_per_k))
             print(
                 f"K = {k}: peak RSS {results[-1]['peak_rss_mib_runs']} MiB, "
                 f"anonymous {results[-1]['peak_anonymous_mib_runs']} MiB, "
@@ -200,7 +200,7 @@ def main(argv):
         "max_rows": FLAGS.max_rows,
         "subsets": FLAGS.subsets,
         "head": FLAGS.head,
-        "repeats": FLAGS.repeats,
+        "runs_per_k": FLAGS.runs_per_k,
         "results": results,
     }
     if FLAGS.output:
