@@ -45,14 +45,12 @@ SWEEP_SIZE = 6  # configs/finetune.py's ingredients.
 
 
 def anonymous_rss(pid: int) -> int:
-    """The process's resident anonymous memory in bytes (0 once it has exited)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
+    """The child's resident anonymous memory in bytes (Linux); 0 once it has exited and is
+    waiting to be reaped, when its status has no memory lines."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 

@@ -66,9 +66,10 @@ def test_summary_takes_the_median_per_framework_and_batch_and_keeps_errors():
     assert rows[2]["images_per_second"] == 50.0
 
 
-def run_measured_in_a_fresh_process(args: list[str], log_path: str) -> dict:
-    """bench_soup_memory.run_measured, called in its own interpreter: the benchmarks define flags
-    of the same names, which one process cannot hold twice."""
+def run_measured_in_a_fresh_process(args: list[str], log_path: str) -> list | dict:
+    """bench_soup_memory.run_measured's result, or {"error": message} where it stopped, called in
+    its own interpreter: the benchmarks define flags of the same names, which one process cannot
+    hold twice."""
     script = f"""
 import importlib.util, json
 spec = importlib.util.spec_from_file_location("bench_soup_memory", {SOUP_BENCH!r})
