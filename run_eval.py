@@ -27,7 +27,7 @@ import sys
 from fashion_jax import launch
 
 if __name__ == "__main__":
-    launch.maybe_reexec_with_tcmalloc()
+    launch.maybe_reexec_with_fast_allocator()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -93,6 +93,7 @@ def _predict_or_export(workdirs, config):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from fashion_jax import optional_dependencies
     from fashion_jax.evaluation import config_checks
     from fashion_jax.evaluation import report_markdown
     from fashion_jax.evaluation import runner
@@ -102,6 +103,8 @@ def main(argv):
     workdirs = [w for value in FLAGS.workdirs for w in value.split(",") if w.strip()]
     try:
         predicting = bool(FLAGS.predict or FLAGS.export)
+        if FLAGS.export:
+            optional_dependencies.require(["jax2onnx"], "--export (model.onnx)")
         config_checks.check_eval_config(config, len(workdirs), predicting=predicting)
         if not predicting and not FLAGS.output_dir:
             raise errors.ConfigError(

@@ -1,26 +1,30 @@
 """Time decoding every image once (cold, into an empty cache) and loading the cache (warm).
 
-python bench/bench_image_cache.py [--data_dir=...]   # default $FASHION_DATA_DIR
+python bench/bench_image_cache.py                    # the dataset found as run_train.py finds it
+python bench/bench_image_cache.py --data_dir=... --max_images=2000
 """
 
 import os
 import tempfile
 import time
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import app
+from absl import flags
 
-from fashion_jax.data import image_cache  # noqa: E402
-from fashion_jax.data import styles  # noqa: E402
+from fashion_jax.data import image_cache
+from fashion_jax.data import locate
+from fashion_jax.data import styles
 
-flags.DEFINE_string("data_dir", "", "Dataset folder; else $FASHION_DATA_DIR.")
+flags.DEFINE_string("data_dir", "", "Dataset folder; else found by fashion_jax/data/locate.py.")
+flags.DEFINE_integer("max_images", 0, "Only the first N rows of styles.csv (0: all).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    data_dir = styles.resolve_data_dir(FLAGS.data_dir)
+    data_dir = locate.find_dataset(FLAGS.data_dir, "--data_dir")
     ids = styles.read_styles(os.path.join(data_dir, "styles.csv")).rows["id"].tolist()
+    ids = ids[: FLAGS.max_images] if FLAGS.max_images > 0 else ids
     with tempfile.TemporaryDirectory() as cache_dir:
         for label in ("cold decode", "warm cache load"):
             start = time.perf_counter()

@@ -17,7 +17,7 @@ import tempfile
 from fashion_jax import launch
 
 if __name__ == "__main__":
-    launch.maybe_reexec_with_tcmalloc()
+    launch.maybe_reexec_with_fast_allocator()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

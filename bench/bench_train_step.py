@@ -3,10 +3,12 @@
   python bench/bench_train_step.py                       # batch 32, 128, 256; all frameworks found
   python bench/bench_train_step.py --batch_sizes=32 --frameworks=jax,torch --seconds=20
   python bench/bench_train_step.py --batch_sizes=32 --repeats=3     # median of 3, in turns
+  python bench/bench_train_step.py --frameworks=jax --allocators=mimalloc,tcmalloc,system
 
 Every framework trains the same network (seed CNN, 5 classes, Adam 1e-3, dropout 0.02) on the same
-synthetic uint8 batch, each in its own subprocess with the same environment (tcmalloc preloaded
-when present, as run_train.py does). Compile/first-step time is measured apart; the rate is images
+synthetic uint8 batch, each in its own subprocess with the allocator that run_train.py uses
+(mimalloc from the install; --allocators=mimalloc,tcmalloc,system compares them in turns, and
+each row says which allocator its process actually ran with). Compile/first-step time is measured apart; the rate is images
 per second over at least --seconds of steps after --warmup steps. PyTorch runs channels_last.
 PyTorch and TensorFlow are optional (`pip install -e ".[bench]"`); missing ones are reported.
 """
@@ -20,7 +22,7 @@ import time
 from fashion_jax import launch  # noqa: E402
 
 if __name__ == "__main__":
-    launch.maybe_reexec_with_tcmalloc()
+    launch.maybe_reexec_with_fast_allocator()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -45,12 +47,19 @@ flags.DEFINE_integer(
     "(framework after framework, then again); the table shows the median and "
     "the range, so that a noisy moment does not decide a ratio.",
 )
+flags.DEFINE_list(
+    "allocators",
+    [launch.chosen_allocator()],
+    "Allocators to run each worker with (FASHION_JAX_ALLOCATOR: mimalloc, tcmalloc, system); "
+    "default: the one run_train.py uses.",
+)
 flags.DEFINE_integer("warmup", 3, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 flags.DEFINE_string("worker", "", "Internal: measure one framework in this process.")
 flags.DEFINE_integer("batch_size", 32, "Internal: the worker's batch size.")
 
 NUM_CLASSES, HEIGHT, WIDTH = 5, 80, 60
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def synthetic_batch(batch_size):
@@ -67,8 +76,7 @@ def time_steps(step, sync, batch_size):
     sync(step())
     first = time.perf_counter() - start
     for _ in range(FLAGS.warmup):
-        out = step()
-    sync(out)
+        sync(step())
     steps, start = 0, time.perf_counter()
     while True:
         out = step()
@@ -83,6 +91,7 @@ def time_steps(step, sync, batch_size):
 def bench_jax(batch_size, conv_impl="auto", model_name="seed_cnn", dtype="float32"):
     import jax
 
+    sys.path.insert(0, REPO_ROOT)  # configs/ is read from the checkout, as run_train.py does.
     from configs import default
     from fashion_jax import models
     from fashion_jax.training import optim
@@ -209,6 +218,7 @@ def run_worker():
         + json.dumps(
             {
                 "framework": FLAGS.worker,
+                "allocator": launch.active_allocator(),
                 "version": version,
                 "batch_size": FLAGS.batch_size,
                 "first_step_seconds": first,
@@ -218,7 +228,15 @@ def run_worker():
     )
 
 
-def measure(framework, batch_size):
+def allocator_environment(allocator):
+    """This process's environment for a worker that is to start with `allocator` (the worker
+    preloads it itself, as run_train.py does)."""
+    preloads = os.environ.get("LD_PRELOAD", "").split()
+    kept = [p for p in preloads if "libmimalloc" not in p and "libtcmalloc" not in p]
+    return dict(os.environ, LD_PRELOAD=" ".join(kept), **{launch.ENV_VARIABLE: allocator})
+
+
+def measure(framework, batch_size, allocator):
     command = [
         sys.executable,
         os.path.abspath(__file__),
@@ -231,20 +249,31 @@ def measure(framework, batch_size):
         command,
         capture_output=True,
         text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=allocator_environment(allocator),
     )
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
+            return {**json.loads(line[len("RESULT ") :]), "requested_allocator": allocator}
     last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"framework": framework, "batch_size": batch_size, "error": last}
+    return {
+        "framework": framework,
+        "allocator": allocator,
+        "requested_allocator": allocator,
+        "batch_size": batch_size,
+        "error": last,
+    }
+
+
+def _key(run):
+    return run["framework"], run.get("requested_allocator", ""), run["batch_size"]
 
 
 def summarise(runs):
-    """One row per (framework, batch): the median rate over its repeats, and their range."""
+    """One row per (framework, allocator, batch): the median rate over its repeats, and their
+    range."""
     rows = []
-    for key in dict.fromkeys((r["framework"], r["batch_size"]) for r in runs):
-        measured = [r for r in runs if (r["framework"], r["batch_size"]) == key]
+    for key in dict.fromkeys(_key(r) for r in runs):
+        measured = [r for r in runs if _key(r) == key]
         ok = [r for r in measured if "error" not in r]
         if not ok:
             rows.append(measured[0])
@@ -265,11 +294,15 @@ def main(argv):
     del argv
     if FLAGS.worker:
         return run_worker()
+    for allocator in FLAGS.allocators:
+        if allocator not in launch.CHOICES:
+            raise app.UsageError(f"--allocators: {allocator!r} is not one of {launch.CHOICES}")
     runs = [
-        measure(f, int(b))
+        measure(f, int(b), a)
         for b in FLAGS.batch_sizes
         for _ in range(FLAGS.repeats)
         for f in FLAGS.frameworks
+        for a in FLAGS.allocators
     ]
     results = summarise(runs)
     from fashion_jax.conv import native_conv  # What "auto" runs on this CPU, for the record.
@@ -277,16 +310,20 @@ def main(argv):
     native = native_conv.unavailable_reason() or f"built, {native_conv.lanes()}-float vectors"
     print(
         f"\nSeed CNN training step, synthetic batch, {os.cpu_count()} CPUs, "
-        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, median of {FLAGS.repeats}; "
+        f"median of {FLAGS.repeats}; ratios against jax with {FLAGS.allocators[0]}; "
         f"native convolution: {native}"
     )
     print(
-        f"{'framework':<18}{'version':<12}{'batch':>6}{'first step s':>14}{'img/s':>10}"
+        f"{'framework':<18}{'allocator':<10}{'version':<12}{'batch':>6}{'first step s':>14}"
+        f"{'img/s':>10}"
         f"{'jax / this':>12}  range"
     )
     for r in results:
         if "error" in r:
-            print(f"{r['framework']:<18}{'-':<12}{r['batch_size']:>6}  not measured: {r['error']}")
+            print(
+                f"{r['framework']:<18}{r['allocator']:<10}{'-':<12}{r['batch_size']:>6}  "
+                f"not measured: {r['error']}"
+            )
             continue
         jax_rate = next(
             (
@@ -294,6 +331,7 @@ def main(argv):
                 for x in results
                 if x["framework"] == "jax"
                 and x["batch_size"] == r["batch_size"]
+                and x.get("requested_allocator") == FLAGS.allocators[0]
                 and "error" not in x
             ),
             None,
@@ -303,7 +341,7 @@ def main(argv):
             f"{v:.0f}" for v in (r["images_per_second_all"][0], r["images_per_second_all"][-1])
         )
         print(
-            f"{r['framework']:<18}{r['version']:<12}{r['batch_size']:>6}"
+            f"{r['framework']:<18}{r['allocator']:<10}{r['version']:<12}{r['batch_size']:>6}"
             f"{r['first_step_seconds']:>14.2f}{r['images_per_second']:>10.1f}{ratio:>12}  {spread}"
         )
     if FLAGS.output:

@@ -8,7 +8,7 @@ print(clf.predict(["photo.jpg"])[0].heads["masterCategory"].label)
 
 def __getattr__(name):
     # Imported on first use, so that `import fashion_jax` (e.g. by the entry points before they
-    # preload tcmalloc) does not import JAX.
+    # preload the allocator) does not import JAX.
     if name == "load_classifier":
         from fashion_jax.inference.classifier import load_classifier
 

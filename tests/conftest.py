@@ -10,7 +10,6 @@ from PIL import Image
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 # One colour per class so a small network can learn the task in a few steps.
 CLASS_COLOURS = {
@@ -113,9 +112,20 @@ def eval_config(**overrides):
     return override(default_config.get_config(), progress_bar=False, **overrides)
 
 
-requires_shared_data = pytest.mark.skipif(
-    not (SHARED_DATA / "styles.csv").exists(),
-    reason=f"the real dataset is not at {SHARED_DATA} (../shared/data beside the repository)",
+def _real_data():
+    from fashion_jax.data import locate
+
+    found = locate.find_local_dataset()
+    return pathlib.Path(found) if found else None
+
+
+# The real dataset, found by the scripts' own rule without a download ($FASHION_DATA_DIR, data/
+# in the checkout, ../shared/data beside it, kagglehub's cache); None where it is nowhere.
+REAL_DATA = _real_data()
+requires_real_data = pytest.mark.skipif(
+    REAL_DATA is None,
+    reason="the real dataset is not found: set $FASHION_DATA_DIR, or unzip it into "
+    "data/fashion-product-images-small/ in the checkout (README, Quickstart)",
 )
 
 

@@ -1,11 +1,17 @@
 """The benchmarks' own logic: bench_train_step's summary (the median of repeated measurements,
-failures kept) and bench_soup_memory's measurement of a child process."""
+failures kept) and bench_soup_memory's measurement of a child process; and every script in
+bench/ starting as its docstring says from another folder, so that none can rot."""
 
+import glob
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
+
+from fashion_jax import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOUP_BENCH = os.path.join(ROOT, "bench", "bench_soup_memory.py")
@@ -100,3 +106,78 @@ def test_soup_memory_bench_sees_a_child_s_anonymous_memory_and_reports_its_failu
     log = str(tmp_path / "fail.log")
     failure = run_measured_in_a_fresh_process(["-c", "raise SystemExit(3)"], log)
     assert "exit code 3" in failure["error"] and log in failure["error"]
+
+
+BENCH_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "bench", "*.py")))
+
+
+def run_script(script, *args, cwd):
+    return subprocess.run(
+        [sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS, ids=os.path.basename)
+def test_every_bench_script_shows_its_help_from_another_folder(script, tmp_path):
+    result = run_script(script, "--help", cwd=tmp_path)
+    with open(script) as f:
+        first_line = f.readline().strip().strip('r"')
+    assert first_line in result.stdout, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_the_train_step_bench_measures_jax_with_each_allocator_from_another_folder(tmp_path):
+    output = tmp_path / "steps.json"
+    result = run_script(
+        os.path.join(ROOT, "bench", "bench_train_step.py"),
+        "--frameworks=jax",
+        "--batch_sizes=2",
+        "--seconds=0.2",
+        "--warmup=0",
+        "--allocators=mimalloc,system",
+        f"--output={output}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(output.read_text())["summary"]
+    assert [r.get("error") for r in rows] == [None, None], rows
+    assert all(r["images_per_second"] > 0 for r in rows)
+    # What each worker actually ran with, read from its own memory map.
+    expected = "mimalloc" if launch.mimalloc_path() and sys.platform == "linux" else "system"
+    assert [r["allocator"] for r in rows] == [expected, "system"]
+    assert "mimalloc" in result.stdout and "system" in result.stdout
+
+
+def test_the_conv_layer_bench_runs_a_tiny_setting(tmp_path):
+    result = run_script(
+        os.path.join(ROOT, "bench", "bench_conv_layers.py"),
+        "--impls=xla",
+        "--batch_size=2",
+        "--seconds=0.01",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "xla" in result.stdout
+
+
+def test_the_image_cache_bench_runs_on_a_small_dataset(tmp_path):
+    from tests.conftest import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=5)
+    env = dict(os.environ, FASHION_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "bench", "bench_image_cache.py"),
+            f"--data_dir={data}",
+            "--max_images=12",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cold decode: 12 images (0 missing or failed)" in result.stdout
+    assert "warm cache load: 12 images" in result.stdout and "from cache: True" in result.stdout

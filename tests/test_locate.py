@@ -7,6 +7,7 @@ import types
 import pytest
 
 from fashion_jax import errors
+from fashion_jax import optional_dependencies
 from fashion_jax.data import locate
 
 FLAG = "--config.data.data_dir"
@@ -102,16 +103,19 @@ def test_downloads_with_kagglehub_only_with_credentials(places, monkeypatch):
 
 def test_the_message_lists_every_place_and_the_fix(places, monkeypatch):
     root, checkout = places
-    with pytest.raises(errors.DataError) as raised:
+    with pytest.raises(optional_dependencies.MissingDependencyError) as raised:
         locate.find_dataset("", "--config.data_dir")
     message = str(raised.value)
+    assert message.splitlines()[0].startswith(
+        "The dataset is in none of the places tried, and downloading it needs kagglehub, which "
+        'is not installed: run pip install -e ".[kaggle]"'
+    )
     for expected in (
         "--config.data_dir: not set",
         "$FASHION_DATA_DIR: not set",
         str(checkout / "data" / locate.FOLDER_NAME),
         str(checkout.parent / "shared" / "data" / locate.FOLDER_NAME),
         "kagglehub cache",
-        "kagglehub is not installed",
         'pip install -e ".[kaggle]"',
         "~/.kaggle/kaggle.json",
         "pass --config.data_dir=<folder>",
@@ -127,3 +131,24 @@ def test_the_message_lists_every_place_and_the_fix(places, monkeypatch):
     monkeypatch.setenv("KAGGLE_KEY", "k")
     with pytest.raises(errors.DataError, match="failed \\(ConnectionError: no network\\)"):
         locate.find_dataset("", FLAG)
+
+
+def test_the_tests_find_a_user_s_copy_by_the_same_rule_and_never_download(places, monkeypatch):
+    root, checkout = places
+    calls = fake_kagglehub(monkeypatch, root / "download")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "token")
+    assert locate.find_local_dataset() is None
+    assert calls == []  # Credentials and kagglehub present: still no download.
+    cached = make_dataset(kaggle_cache_version(root, 1))
+    assert locate.find_local_dataset() == str(cached)
+    shared = make_dataset(checkout.parent / "shared" / "data" / locate.FOLDER_NAME)
+    assert locate.find_local_dataset() == str(shared)
+    in_checkout = make_dataset(checkout / "data" / locate.FOLDER_NAME)  # Where README says.
+    assert locate.find_local_dataset() == str(in_checkout)
+    from_env = make_dataset(root / "env")
+    monkeypatch.setenv("FASHION_DATA_DIR", str(from_env))
+    assert locate.find_local_dataset() == str(from_env)
+    monkeypatch.setenv("FASHION_DATA_DIR", str(root / "nowhere"))
+    with pytest.raises(errors.DataError, match="FASHION_DATA_DIR"):
+        locate.find_local_dataset()
+    assert calls == []

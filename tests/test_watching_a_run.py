@@ -5,8 +5,11 @@ import glob
 import json
 import os
 import struct
+import subprocess
+import sysconfig
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 from tensorboardX.proto import event_pb2
 
 from fashion_jax.training import metric_writers
@@ -85,6 +88,24 @@ def test_a_multi_head_run_writes_scalars_per_step_and_per_epoch(tmp_path, cache_
     jsonl = metric_writers.read_scalars(str(workdir))
     assert [r["step"] for r in jsonl if "train/loss" in r] == expected
     assert sum("val/accuracy" in r for r in jsonl) == 2
+
+    # TensorBoard's own loader (what `tensorboard --logdir runs/` runs) reads the same scalars.
+    loaded = event_accumulator.EventAccumulator(
+        str(workdir / metric_writers.TENSORBOARD_DIR),
+        size_guidance={event_accumulator.SCALARS: 0},
+    )
+    loaded.Reload()
+    assert [e.step for e in loaded.Scalars("train/loss")] == expected
+    assert [e.value for e in loaded.Scalars("val/accuracy/subCategory")] == pytest.approx(
+        [value for _, value in by_tag["val/accuracy/subCategory"]]
+    )
+
+
+def test_readme_s_tensorboard_command_is_installed_beside_python():
+    """README's `tensorboard --logdir runs/` needs the command in the install's bin folder."""
+    command = os.path.join(sysconfig.get_path("scripts"), "tensorboard")
+    result = subprocess.run([command, "--version_tb"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
 
 
 def test_compile_time_is_reported_apart_from_images_per_second(tmp_path, synthetic_data, cache_dir):

@@ -25,6 +25,7 @@ import pathlib
 from absl import logging
 
 from fashion_jax import errors
+from fashion_jax import optional_dependencies
 
 ENV_VARIABLE = "FASHION_DATA_DIR"
 KAGGLE_DATASET = "paramaggarwal/fashion-product-images-small"
@@ -83,6 +84,43 @@ def find_dataset(flag_value: str | None, flag: str, recorded: str | None = None)
     folder a training run recorded (evaluation), tried after the environment variable.
     """
     tried = []
+    found = _find_without_download(flag_value, flag, recorded, tried)
+    if found:
+        return found
+    if not optional_dependencies.is_installed("kagglehub"):
+        raise optional_dependencies.MissingDependencyError(
+            "The dataset is in none of the places tried, and downloading it needs kagglehub, "
+            f"which is not installed: run {optional_dependencies.install_command(['kagglehub'])}, "
+            "put a Kaggle API token in ~/.kaggle/kaggle.json and run the same command again, "
+            f"or pass {flag}=<folder>. Tried:\n  - "
+            + "\n  - ".join(tried)
+            + f"\nOr download https://www.kaggle.com/datasets/{KAGGLE_DATASET} and unzip it into "
+            f"{CHECKOUT / 'data' / FOLDER_NAME} (styles.csv and images/ directly inside)."
+        )
+    downloaded = _download(tried)
+    if downloaded:
+        return downloaded
+    raise errors.DataError(
+        "Cannot find the Fashion Product Images (Small) dataset (a folder with styles.csv and "
+        "images/). Tried:\n  - " + "\n  - ".join(tried) + "\nTo fix, either:\n"
+        "  a) put your Kaggle API token in ~/.kaggle/kaggle.json (kaggle.com > Settings > API > "
+        "Create New Token) and run the same command again: kagglehub downloads it (about "
+        "600 MB, once);\n"
+        f"  b) or download https://www.kaggle.com/datasets/{KAGGLE_DATASET}, unzip it into "
+        f"{CHECKOUT / 'data' / FOLDER_NAME} (so that styles.csv and images/ are directly inside);\n"
+        f"  c) or pass {flag}=<folder> or set {ENV_VARIABLE}=<folder>."
+    )
+
+
+def find_local_dataset() -> str | None:
+    """The dataset by the same rule without a flag and without a download ($FASHION_DATA_DIR,
+    data/ in the checkout or the current directory, ../shared/data, kagglehub's cache), or None;
+    what the tests that need real photos use."""
+    return _find_without_download(None, "", None, [])
+
+
+def _find_without_download(flag_value, flag, recorded, tried: list) -> str | None:
+    """Steps 1-5 of the rule: the folder, or None with each place tried appended to `tried`."""
     for source, value in ((flag, flag_value), (f"${ENV_VARIABLE}", os.environ.get(ENV_VARIABLE))):
         if not value:
             tried.append(f"{source}: not set")
@@ -114,19 +152,7 @@ def find_dataset(flag_value: str | None, flag: str, recorded: str | None = None)
         tried.append(f"{version} (kagglehub cache): no styles.csv with images/ inside")
     if not kagglehub_cache_dirs():
         tried.append(f"kagglehub cache: no copy of {KAGGLE_DATASET}")
-    downloaded = _download(tried)
-    if downloaded:
-        return downloaded
-    raise errors.DataError(
-        "Cannot find the Fashion Product Images (Small) dataset (a folder with styles.csv and "
-        "images/). Tried:\n  - " + "\n  - ".join(tried) + "\nTo fix, either:\n"
-        f'  a) download it with kagglehub: pip install -e ".[kaggle]", put your Kaggle API '
-        "token in ~/.kaggle/kaggle.json (kaggle.com > Settings > API > Create New Token), and "
-        "run the same command again (about 600 MB, once);\n"
-        f"  b) or download https://www.kaggle.com/datasets/{KAGGLE_DATASET}, unzip it into "
-        f"{CHECKOUT / 'data' / FOLDER_NAME} (so that styles.csv and images/ are directly inside);\n"
-        f"  c) or pass {flag}=<folder> or set {ENV_VARIABLE}=<folder>."
-    )
+    return None
 
 
 def _missing(path: pathlib.Path) -> str:
@@ -137,12 +163,9 @@ def _missing(path: pathlib.Path) -> str:
 
 
 def _download(tried: list) -> str | None:
-    """Downloads with kagglehub when it is installed and credentials exist; else notes why not."""
-    try:
-        import kagglehub
-    except ImportError:
-        tried.append('kagglehub download: kagglehub is not installed (pip install -e ".[kaggle]")')
-        return None
+    """Downloads with kagglehub (installed) when credentials exist; else notes why not."""
+    import kagglehub
+
     if not _kaggle_credentials_present():
         tried.append(
             "kagglehub download: no Kaggle credentials (~/.kaggle/kaggle.json, "
