@@ -25,7 +25,7 @@ def get_config(fold: str = "0"):
     config.augment.max_shift = 4
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = 300
-    config.optimizer.decay_steps = 0  # To zero at the end of num_epochs.
+    config.optimizer.decay_examples = 0  # No decay length: to zero at the end of num_epochs.
     config.num_epochs = 6
     config.early_stopping.patience = 6
     return config

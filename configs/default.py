@@ -4,6 +4,8 @@ and training loop (its Model 1's optimizer; configs/adam.py adds what makes it b
 Launch:
   python run_train.py --config=configs/default.py --workdir=runs/default
 Any field can be overridden, e.g. --config.optimizer.learning_rate=5e-4 --config.batch_size=64.
+The learning-rate decay is given in examples, so it covers the same images at any batch size, and
+the rate follows the batch size by optimizer.batch_scaling (both logged at start-up).
 Result: the study's Model 1 recipe; see configs/adam.py's docstring for it and its improvements.
 """
 
@@ -60,12 +62,24 @@ def get_config():
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # adam, sgd or rmsprop.
+    # The rate tuned at reference_batch_size (the study's 32), moved to --config.batch_size B by
+    # batch_scaling: "linear" (x B/32; Goyal et al. 2017, for SGD), "sqrt" (x sqrt(B/32); Malladi
+    # et al. 2022, for Adam-type optimizers), "auto" (linear for sgd, sqrt for adam and rmsprop)
+    # or "none". reference_batch_size=0: no scaling. The rate used is logged at start-up.
     config.optimizer.learning_rate = 1e-3
-    # "exponential" (the study's: lr * decay_rate ** (step / decay_steps)) or "cosine" (warm-up,
-    # then cosine decay to 0 at decay_steps; 0 = at the end of num_epochs).
+    config.optimizer.reference_batch_size = 32
+    config.optimizer.batch_scaling = "auto"
+    # "exponential" (the study's: lr * decay_rate ** (step / decay); no decay: constant) or
+    # "cosine" (warm-up, then cosine decay to 0 at the decay's end; no decay: at num_epochs' end).
     config.optimizer.schedule = "exponential"
+    # Every length is given in steps, epochs or examples, at most one of the three (0 = not set);
+    # epochs and examples mean the same images at any batch size (fashion_jax/training/lengths.py).
     config.optimizer.warmup_steps = 0  # cosine only.
-    config.optimizer.decay_steps = 10000
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.warmup_examples = 0
+    config.optimizer.decay_steps = 0
+    config.optimizer.decay_epochs = 0.0
+    config.optimizer.decay_examples = 320_000  # The study's 10,000 steps at batch 32.
     config.optimizer.decay_rate = 0.9
     config.optimizer.staircase = False
     config.optimizer.beta1 = 0.9
@@ -107,15 +121,25 @@ def get_config():
     # >0: at every epoch end, recompute BatchNorm running statistics on this many training batches
     # ("precise BN") before validating and saving; 0: keep the running averages (as the study did).
     config.bn_recalibration_batches = 0
-    # >0 (e.g. 0.9995): also keep a (bias-corrected) moving average of the parameters, updated every
-    # step; it is what is validated, early-stopped on, restored and evaluated (needs
-    # bn_recalibration_batches > 0 for its BatchNorm statistics).
-    config.ema_decay = 0.0
+    # A horizon (e.g. ema_horizon_examples=64_000) also keeps a (bias-corrected) moving average of
+    # the parameters, updated every step with decay 1 - 1/horizon in steps; it is what is
+    # validated, early-stopped on, restored and evaluated (needs bn_recalibration_batches > 0 for
+    # its BatchNorm statistics). Or ema_decay: the per-step decay itself (e.g. 0.9995; not with a
+    # horizon); ema_decay=0 turns the average off whatever the horizon.
+    config.ema_horizon_steps = 0
+    config.ema_horizon_epochs = 0.0
+    config.ema_horizon_examples = 0
+    config.ema_decay = ml_collections.config_dict.placeholder(float)
 
+    # Bookkeeping, not the result, so in steps (epochs or examples are accepted too).
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 500  # Plus one at every epoch end.
+    config.checkpoint.every_epochs = 0.0
+    config.checkpoint.every_examples = 0
     config.checkpoint.keep_epochs = 5  # Last K epoch-end checkpoints kept (soup ingredients).
 
     config.log_every_steps = 100
+    config.log_every_epochs = 0.0
+    config.log_every_examples = 0
     config.progress_bar = True
     return config

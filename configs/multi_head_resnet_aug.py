@@ -21,7 +21,7 @@ def get_config():
     config.optimizer.schedule = "cosine"
     config.optimizer.learning_rate = 2e-3
     config.optimizer.warmup_steps = 920  # About one epoch at batch 32.
-    config.optimizer.decay_steps = 0  # To zero at the end of num_epochs.
+    config.optimizer.decay_examples = 0  # No decay length: to zero at the end of num_epochs.
     config.optimizer.weight_decay = 0.05
     config.num_epochs = 16
     config.early_stopping.patience = 16

@@ -72,6 +72,7 @@ def test_negative_shift_is_refused():
 def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_run_end():
     opt = default.get_config().optimizer
     opt.schedule, opt.learning_rate, opt.warmup_steps, opt.decay_steps = "cosine", 2e-3, 10, 0
+    opt.decay_examples = 0  # No decay length (configs/default.py's is in examples): the run end.
     lr = optim.create_learning_rate_fn(opt, total_steps=110)
     assert float(lr(0)) == 0.0
     assert float(lr(5)) == pytest.approx(1e-3)

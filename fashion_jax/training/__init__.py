@@ -4,7 +4,8 @@ train.py           the run, as a few named steps
 steps.py           the jitted train and eval steps and what runs them over the data
 state.py           TrainState (BatchNorm statistics, weight average), initialisation
 losses.py          cross-entropy of one or several heads, class weights, label smoothing
-optim.py           optax schedules and optimizers
+optim.py           optax schedules and optimizers, the learning rate's batch-size rule
+lengths.py         warm-up, decay, weight average, intervals in steps, epochs or examples
 batch_norm.py      recomputing BatchNorm statistics ("precise BN", soups)
 checkpointing.py   orbax manager: latest, best and last epochs
 run_progress.py    epoch history, early stopping, the epoch record

@@ -12,6 +12,7 @@ from fashion_jax import models
 from fashion_jax.data import augment
 from fashion_jax.data import dataset
 from fashion_jax.training import checkpointing
+from fashion_jax.training import lengths
 from fashion_jax.training import losses
 from fashion_jax.training import optim
 
@@ -37,20 +38,20 @@ def check_train_config(config, workdir: str | None = None) -> None:
         ("batch_size", config.batch_size),
         ("eval_batch_size", config.eval_batch_size),
         ("num_epochs", config.num_epochs),
-        ("log_every_steps", config.log_every_steps),
         ("early_stopping.patience", config.early_stopping.patience),
-        ("checkpoint.every_steps", config.checkpoint.every_steps),
     ):
         if value < 1:
             raise errors.ConfigError(f"--config.{flag}={value} must be at least 1.")
-    if not 0.0 <= config.ema_decay < 1.0:
+    if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
         raise errors.ConfigError(
             f"--config.ema_decay={config.ema_decay} must be in [0, 1), e.g. 0.9995 (0: off)."
         )
-    if config.ema_decay and config.bn_recalibration_batches < 1:
+    lengths.check_config(config)
+    if lengths.uses_ema(config) and config.bn_recalibration_batches < 1:
+        flag = "--config.ema_decay" if config.ema_decay else lengths.describe(config, "ema_horizon")
         raise errors.ConfigError(
-            "--config.ema_decay needs --config.bn_recalibration_batches > 0: the averaged "
-            "parameters need BatchNorm statistics of their own."
+            f"{flag} needs --config.bn_recalibration_batches > 0: the averaged parameters need "
+            "BatchNorm statistics of their own."
         )
     if config.init_checkpoint and not (workdir and checkpointing.has_checkpoints(workdir)):
         _check_init_checkpoint(config.init_checkpoint, str(config.init_checkpoint_step))

@@ -1,20 +1,69 @@
-"""Learning-rate schedules and optimizers from the config (optax)."""
+"""Learning-rate schedules and optimizers from the config (optax), and the learning rate's
+scaling rule for the batch size."""
+
+import math
 
 import jax
 import optax
 
 from fashion_jax import errors
+from fashion_jax.training import lengths
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 SCHEDULES = ("exponential", "cosine")
+BATCH_SCALING = ("auto", "linear", "sqrt", "none")
 
 
-def check_config(opt_config, total_steps: int | None = None) -> None:
-    """Refuses an unknown optimizer or schedule, a non-positive learning rate, and a cosine decay
-    that ends before its warm-up (`total_steps`: the run's steps, what decay_steps=0 means; None
-    before the data is read, when only an explicit decay_steps can be checked)."""
+def batch_scaling_rule(opt_config) -> str:
+    """The rule applied: "auto" is "linear" for sgd and "sqrt" for adam and rmsprop."""
+    rule = opt_config.get("batch_scaling") or "none"
+    if rule == "auto":
+        return "linear" if opt_config.name == "sgd" else "sqrt"
+    return rule
+
+
+def scaled_learning_rate(opt_config, batch_size: int) -> float:
+    """optimizer.learning_rate, tuned at optimizer.reference_batch_size, moved to `batch_size`:
+
+    "linear": lr * B / B_ref, for SGD (Goyal et al. 2017; Flax's ImageNet example: 0.1 * B / 256).
+    "sqrt": lr * sqrt(B / B_ref), for Adam-type optimizers (Malladi et al. 2022, the square-root
+    rule for adaptive methods). "none", or reference_batch_size 0 (also an older config without
+    it): the rate as given. At the reference batch it is the rate as given, exactly.
+    """
+    reference = opt_config.get("reference_batch_size") or 0
+    rule = batch_scaling_rule(opt_config)
+    ratio = batch_size / reference if reference else 1.0
+    if rule == "linear":
+        return opt_config.learning_rate * ratio
+    if rule == "sqrt":
+        return opt_config.learning_rate * math.sqrt(ratio)
+    return float(opt_config.learning_rate)
+
+
+def describe_learning_rate(opt_config, batch_size: int) -> str:
+    """The rate used at `batch_size` and where it comes from (for the start-up log)."""
+    return (
+        f"Learning rate {scaled_learning_rate(opt_config, batch_size):.4g} at batch {batch_size} "
+        f"(--config.optimizer.learning_rate={opt_config.learning_rate:g} at reference batch "
+        f"{opt_config.get('reference_batch_size') or 'none'}, {batch_scaling_rule(opt_config)} "
+        "rule)"
+    )
+
+
+def check_config(opt_config) -> None:
+    """Refuses an unknown optimizer, schedule or batch-size rule, a non-positive learning rate,
+    and a cosine decay that ends before its warm-up, given in the same unit (other mixes are
+    compared in create_learning_rate_fn, once they are steps)."""
     errors.check_choice("--config.optimizer.name", opt_config.name, OPTIMIZERS)
     errors.check_choice("--config.optimizer.schedule", opt_config.schedule, SCHEDULES)
+    errors.check_choice(
+        "--config.optimizer.batch_scaling", opt_config.get("batch_scaling", "none"), BATCH_SCALING
+    )
+    if (opt_config.get("reference_batch_size") or 0) < 0:
+        raise errors.ConfigError(
+            f"--config.optimizer.reference_batch_size={opt_config.reference_batch_size} must not "
+            "be negative (0: no scaling for the batch size)."
+        )
     if not opt_config.learning_rate > 0:
         raise errors.ConfigError(
             f"--config.optimizer.learning_rate={opt_config.learning_rate} must be positive."
@@ -23,38 +72,59 @@ def check_config(opt_config, total_steps: int | None = None) -> None:
         raise errors.ConfigError(
             f"--config.optimizer.weight_decay={opt_config.weight_decay} must not be negative."
         )
-    if opt_config.schedule == "cosine" and (opt_config.decay_steps or total_steps is not None):
-        decay_steps = opt_config.decay_steps or total_steps
-        if decay_steps <= opt_config.warmup_steps:
-            raise errors.ConfigError(
-                f"--config.optimizer.decay_steps={opt_config.decay_steps} (0 = the whole run: "
-                f"{total_steps} steps) must exceed --config.optimizer.warmup_steps="
-                f"{opt_config.warmup_steps}."
-            )
+    if opt_config.schedule == "cosine":
+        for unit in lengths.UNITS:  # Comparable before the data is read: the same unit.
+            warmup, decay = opt_config.get(f"warmup_{unit}"), opt_config.get(f"decay_{unit}")
+            if warmup and decay and decay <= warmup:
+                raise errors.ConfigError(
+                    f"--config.optimizer.decay_{unit}={decay} must exceed "
+                    f"--config.optimizer.warmup_{unit}={warmup}: the cosine decay ends after "
+                    "its warm-up."
+                )
 
 
-def create_learning_rate_fn(opt_config, total_steps: int = 0):
-    """The learning rate per step, by `opt_config.schedule`:
+def create_learning_rate_fn(
+    opt_config,
+    total_steps: int = 0,
+    batch_size: int | None = None,
+    train_examples: int | None = None,
+):
+    """The learning rate per step at `batch_size` (scaled_learning_rate), its lengths in steps
+    for `train_examples` training examples (lengths.py), by `opt_config.schedule`:
 
-    "exponential" (the 2020 study's): lr * decay_rate ** (step / decay_steps), optionally staircase.
-    "cosine": linear warm-up over warmup_steps, then cosine decay to 0 at decay_steps, or at
-    `total_steps` (the run's num_epochs * steps per epoch) when decay_steps is 0.
+    "exponential" (the 2020 study's): lr * decay_rate ** (step / decay), optionally staircase;
+    a constant rate without a decay length.
+    "cosine": linear warm-up, then cosine decay to 0 at the decay length, or at `total_steps`
+    (the run's num_epochs * steps per epoch) without one.
+    Without `batch_size`: at reference_batch_size, the batch the recipe was written for (as for
+    tests and benchmarks of a step).
     """
-    check_config(opt_config, total_steps)
+    check_config(opt_config)
+    batch_size = batch_size or opt_config.get("reference_batch_size") or None
+    learning_rate = (
+        scaled_learning_rate(opt_config, batch_size) if batch_size else opt_config.learning_rate
+    )
+    named = {"optimizer": opt_config}  # lengths.py finds lengths by their dotted flag names.
+    warmup = lengths.to_steps(named, "optimizer.warmup", train_examples, batch_size)
+    decay = lengths.to_steps(named, "optimizer.decay", train_examples, batch_size)
     if opt_config.schedule == "exponential":
         return optax.exponential_decay(
-            init_value=opt_config.learning_rate,
-            transition_steps=opt_config.decay_steps,
+            init_value=learning_rate,
+            transition_steps=decay,
             decay_rate=opt_config.decay_rate,
             staircase=opt_config.staircase,
         )
-    decay_steps = opt_config.decay_steps or total_steps
-    warmup = opt_config.warmup_steps
+    if (decay or total_steps) <= warmup:
+        raise errors.ConfigError(
+            f"{lengths.describe(named, 'optimizer.decay')} ({decay} steps; 0 = the whole run: "
+            f"{total_steps} steps) must exceed {lengths.describe(named, 'optimizer.warmup')} "
+            f"({warmup} steps at batch {batch_size})."
+        )
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else opt_config.learning_rate,
-        peak_value=opt_config.learning_rate,
+        init_value=0.0 if warmup else learning_rate,
+        peak_value=learning_rate,
         warmup_steps=warmup,
-        decay_steps=decay_steps,
+        decay_steps=decay or total_steps,
     )
 
 

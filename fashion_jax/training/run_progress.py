@@ -90,7 +90,9 @@ def epoch_scalars(record: dict) -> dict:
 
 
 def warn_about_config_changes(saved_json, config):
-    """Resuming with other settings is allowed (e.g. more epochs) but never silent."""
+    """Resuming with other settings is allowed (e.g. more epochs) but never silent. A field added
+    since the run started (such as a length in examples) counts only when it is set: unset (0,
+    None, "") it cannot change what the run does."""
     if not saved_json:
         return
     saved = run_files.flatten_config(json.loads(saved_json))
@@ -98,7 +100,7 @@ def warn_about_config_changes(saved_json, config):
     changed = {
         k: (saved.get(k), now.get(k))
         for k in sorted(set(saved) | set(now))
-        if saved.get(k) != now.get(k)
+        if saved.get(k) != now.get(k) and (k in saved or now.get(k) not in (0, None, "", []))
     }
     if changed:
         logging.warning(

@@ -1,8 +1,9 @@
 """The training state: parameters, optimizer state, BatchNorm statistics and the weight average.
 
 `TrainState` subclasses Flax's for `batch_stats` (as Flax's ImageNet example does) and, with
---config.ema_decay, an exponential moving average of the parameters with BatchNorm statistics of
-its own. The averaged parameters are what is validated, checkpointed for evaluation and restored.
+--config.ema_horizon_* or --config.ema_decay, an exponential moving average of the parameters
+with BatchNorm statistics of its own. The averaged parameters are what is validated, checkpointed
+for evaluation and restored.
 """
 
 from typing import Any
@@ -16,13 +17,15 @@ import numpy as np
 
 from fashion_jax import errors
 from fashion_jax import saved_runs
+from fashion_jax.training import lengths
 from fashion_jax.training import optim
 
 
 class TrainState(train_state.TrainState):
     batch_stats: Any
-    # With --config.ema_decay > 0: an exponential moving average of the parameters, which is
-    # what is validated, selected and evaluated, with BatchNorm statistics recomputed for it.
+    # With a weight average (per-step decay > 0, lengths.ema_decay): an exponential moving average
+    # of the parameters, which is what is validated, selected and evaluated, with BatchNorm
+    # statistics recomputed for it.
     ema_params: Any = None
     ema_batch_stats: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
@@ -42,13 +45,23 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(
-    config, model, learning_rate_fn, image_shape, sharding=None, load_init_checkpoint: bool = True
+    config,
+    model,
+    learning_rate_fn,
+    image_shape,
+    sharding=None,
+    load_init_checkpoint: bool = True,
+    ema_decay: float | None = None,
 ) -> TrainState:
     """Initialises parameters (from `init_seed`, else `seed`, or --config.init_checkpoint unless
-    `load_init_checkpoint` is False, as when resuming) and optimizer state, replicated."""
+    `load_init_checkpoint` is False, as when resuming) and optimizer state, replicated.
+    `ema_decay`: the weight average's per-step decay (lengths.resolve); None: from the config,
+    which needs no data size unless its horizon is in epochs."""
     init_seed = config.seed if config.init_seed is None else config.init_seed
     tx = optim.create_optimizer(config.optimizer, learning_rate_fn)
-    ema_decay = float(config.ema_decay)
+    if ema_decay is None:
+        ema_decay = lengths.ema_decay(config, None, config.batch_size)
+    ema_decay = float(ema_decay)
 
     def init():
         variables = model.init(

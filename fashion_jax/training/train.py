@@ -25,6 +25,7 @@ from fashion_jax.data import input_pipeline
 from fashion_jax.training import batch_norm
 from fashion_jax.training import checkpointing
 from fashion_jax.training import config_checks
+from fashion_jax.training import lengths
 from fashion_jax.training import losses as losses_lib
 from fashion_jax.training import metric_writers
 from fashion_jax.training import optim
@@ -74,6 +75,7 @@ class _Run:
     model: object
     learning_rate_fn: object
     steps_per_epoch: int
+    lengths: lengths.RunLengths
     run_steps: steps.TrainStepRunner
     evaluate: steps.SubsetMetrics
     sum_metrics: object
@@ -121,13 +123,26 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
     model = models.create_model(config.model, models.output_classes(data.class_names, data.heads))
     loss_spec = create_loss_spec(config, data)
     steps_per_epoch = input_pipeline.steps_per_epoch(len(train), config.batch_size)
+    run_lengths = lengths.resolve(config, len(train), config.batch_size)
     learning_rate_fn = optim.create_learning_rate_fn(
-        config.optimizer, config.num_epochs * steps_per_epoch
+        config.optimizer, config.num_epochs * steps_per_epoch, config.batch_size, len(train)
+    )
+    logging.info(
+        "%s; lengths in steps (%d per epoch): %s.",
+        optim.describe_learning_rate(config.optimizer, config.batch_size),
+        steps_per_epoch,
+        run_lengths,
     )
     # A resumed run takes everything from its own checkpoint, not from --config.init_checkpoint.
     resuming = checkpointing.has_checkpoints(workdir)
     state = state_lib.create_train_state(
-        config, model, learning_rate_fn, image_shape, dp.replicated, not resuming
+        config,
+        model,
+        learning_rate_fn,
+        image_shape,
+        dp.replicated,
+        not resuming,
+        run_lengths.ema_decay,
     )
     parameter_counts = state_lib.count_parameters(state)
     run_steps = steps.TrainStepRunner(dp, train, config, loss_spec)
@@ -158,6 +173,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         model=model,
         learning_rate_fn=learning_rate_fn,
         steps_per_epoch=steps_per_epoch,
+        lengths=run_lengths,
         run_steps=run_steps,
         evaluate=steps.SubsetMetrics(dp, config.eval_batch_size, loss_spec),
         sum_metrics=jax.jit(steps.sum_metrics, out_shardings=dp.replicated),
@@ -238,7 +254,7 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
         images += len(indices) * config.batch_size
         bar.update(len(indices) * config.batch_size)
         last_of_epoch = chunk_start + len(indices) == run.steps_per_epoch
-        if _crossed(previous_step, step, config.log_every_steps) or last_of_epoch:
+        if _crossed(previous_step, step, run.lengths.log_every_steps) or last_of_epoch:
             host_sums = run.dp.to_host(sums)
             _check_finite(host_sums, step, epoch)
             logged_sums, logged_time = _log_interval(
@@ -246,7 +262,7 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
             )
             uncounted = (0.0, 0)
             bar.set_postfix(loss=f"{host_sums['loss_sum'] / host_sums['count']:.4f}")
-        if _crossed(previous_step, step, config.checkpoint.every_steps) and not last_of_epoch:
+        if _crossed(previous_step, step, run.lengths.checkpoint_every_steps) and not last_of_epoch:
             progress["partial_sums"] = {k: float(v) for k, v in run.dp.to_host(sums).items()}
             checkpointing.save(run.manager, step, state_lib.state_tree(state), progress)
     bar.close()
