@@ -37,7 +37,7 @@ flags.DEFINE_list(
     "frameworks",
     ["jax", "torch", "keras"],
     "Frameworks to measure: jax, jax_winograd, jax_im2col, jax_xla_conv, jax_bf16, "
-    "jax_small_resnet, torch, keras.",
+    "jax_small_resnet, jax_speed_net, torch, keras.",
 )
 flags.DEFINE_float("seconds", 15.0, "Minimum timed seconds per measurement.")
 flags.DEFINE_integer(
@@ -208,6 +208,8 @@ WORKERS = {
     "jax_bf16": lambda batch_size: bench_jax(batch_size, dtype="bfloat16"),
     # The other backbone (configs/multi_head_resnet.py), single head; not in the default.
     "jax_small_resnet": lambda batch_size: bench_jax(batch_size, model_name="small_resnet"),
+    # The time-to-accuracy network (configs/speedrun.py).
+    "jax_speed_net": lambda batch_size: bench_jax(batch_size, model_name="speed_net"),
 }
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic datasets in the Kaggle layout, and the real data's location."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -68,6 +69,15 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("FASHION_CACHE_DIR", str(path))
     return path
+
+
+def load_script(relative_path: str):
+    """A script of the checkout (e.g. "bench/speedrun.py") imported as a module by its path."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def override(config, **dotted):

@@ -3,7 +3,6 @@ failures kept) and bench_soup_memory's measurement of a child process; and every
 bench/ starting as its docstring says from another folder, so that none can rot."""
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,18 +11,14 @@ import sys
 import pytest
 
 from fashion_jax import launch
+from tests.conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOUP_BENCH = os.path.join(ROOT, "bench", "bench_soup_memory.py")
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_train_step", os.path.join(ROOT, "bench", "bench_train_step.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/bench_train_step.py")
 
 
 def test_summary_takes_the_median_per_framework_and_batch_and_keeps_errors():

@@ -2,6 +2,7 @@
 
   seed_cnn.py      the 2020 study's CNN ("seed_cnn")
   small_resnet.py  a residual network for 80x60 images ("small_resnet")
+  speed_net.py     a network for time to accuracy: downsampled at once, few wide layers
   layers.py        3x3 convolution layer, max pool, one or several classifier heads
 
 A model maps images scaled to [0, 1] to logits [B, classes], or {head: logits} with several heads.
@@ -14,8 +15,10 @@ import jax.numpy as jnp
 
 from fashion_jax import errors
 from fashion_jax.conv import dispatch
+from fashion_jax.models import speed_net
 from fashion_jax.models.seed_cnn import SeedCNN
 from fashion_jax.models.small_resnet import SmallResNet
+from fashion_jax.models.speed_net import SpeedNet
 
 
 def scale_images(images):
@@ -28,7 +31,7 @@ def predict_logits(apply_fn, variables, images):
     return apply_fn(variables, scale_images(images), train=False)
 
 
-MODELS = {"seed_cnn": SeedCNN, "small_resnet": SmallResNet}
+MODELS = {"seed_cnn": SeedCNN, "small_resnet": SmallResNet, "speed_net": SpeedNet}
 # Model fields of config.model; a field that only another model has is ignored.
 MODEL_FIELDS = {f.name for model in MODELS.values() for f in dataclasses.fields(model)}
 
@@ -47,6 +50,8 @@ def check_config(model_config) -> None:
     errors.check_choice("--config.model.name", model_config.name, sorted(MODELS))
     errors.check_choice("--config.model.dtype", model_config.dtype, DTYPES)
     dispatch.check_impl(model_config.conv_impl, model_config.dtype)
+    if model_config.name == "speed_net":
+        speed_net.check_config(model_config)
 
 
 def create_model(model_config, num_classes) -> nn.Module:

@@ -1,6 +1,7 @@
 """Layers shared by the models: Keras-style 3x3 convolution, 2x2 max pool, classifier heads."""
 
 from collections.abc import Sequence
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,6 +30,17 @@ class Conv3x3Valid(nn.Module):
         return dispatch.conv3x3(
             x, kernel.astype(x.dtype), impl=self.impl, bias=bias.astype(x.dtype), relu=self.relu
         )
+
+
+def batch_norm_layer(train: bool, momentum: float, epsilon: float, dtype):
+    """nn.BatchNorm with the model's settings: batch statistics in training, running ones else."""
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+    )
 
 
 def max_pool_2x2(x):

@@ -2,12 +2,12 @@
 
 from collections.abc import Callable
 from collections.abc import Sequence
-import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from fashion_jax.conv.dispatch import conv3x3
+from fashion_jax.models.layers import batch_norm_layer
 from fashion_jax.models.layers import classifier_heads
 
 
@@ -69,13 +69,7 @@ class SmallResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         dtype = jnp.dtype(self.dtype)
-        batch_norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=dtype,
-        )
+        batch_norm = batch_norm_layer(train, self.bn_momentum, self.bn_epsilon, dtype)
         x = x.astype(dtype)
         kernel = self.param(
             "stem", nn.initializers.he_normal(), (3, 3, x.shape[-1], self.stem_features)

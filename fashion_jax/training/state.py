@@ -52,11 +52,13 @@ def create_train_state(
     sharding=None,
     load_init_checkpoint: bool = True,
     ema_decay: float | None = None,
+    initial_params: dict | None = None,
 ) -> TrainState:
     """Initialises parameters (from `init_seed`, else `seed`, or --config.init_checkpoint unless
     `load_init_checkpoint` is False, as when resuming) and optimizer state, replicated.
     `ema_decay`: the weight average's per-step decay (lengths.resolve); None: from the config,
-    which needs no data size unless its horizon is in epochs."""
+    which needs no data size unless its horizon is in epochs. `initial_params`: {module: {name:
+    value}} that replace the random initial values (a data-dependent initialisation)."""
     init_seed = config.seed if config.init_seed is None else config.init_seed
     tx = optim.create_optimizer(config.optimizer, learning_rate_fn)
     if ema_decay is None:
@@ -81,12 +83,29 @@ def create_train_state(
         state = state.replace(
             **load_init_variables(config.init_checkpoint, config.init_checkpoint_step, like)
         )
+    if initial_params:
+        state = state.replace(params=_with_values(state.params, initial_params))
     if ema_decay:  # The average starts at the initial parameters (own buffers: state is donated).
         copy = jax.jit(lambda tree: jax.tree.map(lambda x: x * 1, tree), out_shardings=sharding)
         state = state.replace(
             ema_params=copy(state.params), ema_batch_stats=copy(state.batch_stats)
         )
     return state
+
+
+def _with_values(params, values: dict):
+    """`params` with the leaves named in `values` ({module: {name: array}}) replaced, each placed
+    like the leaf it replaces."""
+    params = dict(params)
+    for module, leaves in values.items():
+        params[module] = dict(params[module])
+        for name, value in leaves.items():
+            ref = params[module][name]
+            value = np.asarray(value, dtype=ref.dtype).reshape(ref.shape)
+            params[module][name] = jax.make_array_from_callback(
+                value.shape, ref.sharding, lambda index, v=value: v[index]
+            )
+    return params
 
 
 def load_init_variables(workdir: str, which: str, like: dict) -> dict:

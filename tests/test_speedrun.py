@@ -1,0 +1,130 @@
+"""The time-to-accuracy recipe: SpeedNet's shapes, a tiny version of configs/speedrun.py that
+learns, and bench/speedrun.py's time to target and summary."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import speedrun
+from fashion_jax import models
+from fashion_jax.models import speed_net
+from fashion_jax.training import train
+from tests.conftest import load_script
+from tests.conftest import override
+from tests.conftest import write_synthetic_dataset
+
+
+def load_speedrun_bench():
+    return load_script("bench/speedrun.py")
+
+
+def test_patchify_puts_each_2x2_patch_on_the_channels():
+    x = jnp.arange(2 * 5 * 4 * 3, dtype=jnp.float32).reshape(2, 5, 4, 3)
+    patches = speed_net.patchify_2x2(x)
+    assert patches.shape == (2, 2, 2, 12)
+    # Patch (1, 0) of image 1: rows 2-3, columns 0-1, in (row, column, channel) order.
+    expected = np.asarray(x[1, 2:4, 0:2, :]).reshape(12)
+    np.testing.assert_array_equal(np.asarray(patches[1, 1, 0]), expected)
+
+
+def test_speed_net_gives_logits_per_head_at_80x60():
+    model = models.create_model(
+        override(speedrun.get_config().model, conv_impl="xla"),
+        {"masterCategory": 5, "gender": 3},
+    )
+    variables = model.init(jax.random.key(0), jnp.zeros((2, 80, 60, 3)))
+    out = model.apply(variables, jnp.zeros((2, 80, 60, 3)))
+    assert {k: v.shape for k, v in out.items()} == {"masterCategory": (2, 5), "gender": (2, 3)}
+
+
+def test_a_tiny_speedrun_learns(tmp_path, cache_dir):
+    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=80)
+    config = override(
+        speedrun.get_config(),
+        **{
+            "data.data_dir": str(data),
+            "batch_size": 16,
+            "optimizer.reference_batch_size": 16,
+            "num_epochs": 5,
+            "bn_recalibration_batches": 4,
+            "progress_bar": False,
+        },
+    )
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    # Four colour-coded classes: chance is 25%.
+    assert summary["val_accuracy"] >= 0.75, summary
+    assert summary["epochs_run"] == 5
+
+
+def test_time_to_target_counts_training_and_epoch_ends_until_the_first_epoch_reaching_it():
+    bench = load_speedrun_bench()
+    history = [
+        {"epoch": 1, "train_seconds": 10.0, "epoch_end_seconds": 1.0, "val_accuracy": 0.97},
+        {"epoch": 2, "train_seconds": 8.0, "epoch_end_seconds": 1.0, "val_accuracy": 0.9885},
+        {"epoch": 3, "train_seconds": 8.0, "epoch_end_seconds": 1.0, "val_accuracy": 0.99},
+    ]
+    assert bench.time_to_target(history, 0.9885) == (20.0, 2)
+    assert bench.time_to_target(history, 0.995) == (None, None)
+
+
+def test_the_summary_is_the_mean_and_spread_over_seeds_and_says_who_missed():
+    bench = load_speedrun_bench()
+    runs = [
+        {"recipe": "speedrun", "val_accuracy": 0.99, "seconds_to_target": 100.0},
+        {"recipe": "speedrun", "val_accuracy": 0.98, "seconds_to_target": None},
+        {"recipe": "speedrun", "val_accuracy": 0.985, "seconds_to_target": 120.0},
+    ]
+    row = bench.summarise(runs, 0.9885, 0.0)["speedrun"]
+    assert row["val_accuracy"] == "0.9850 +- 0.0050 (n=3)"
+    assert row["seeds_reaching_target"] == "2 of 3 (val >= 0.9885)"
+    assert row["mean_seconds_to_target"] == pytest.approx(110.0)
+
+
+def test_the_whitening_stem_makes_the_patches_uncorrelated_with_unit_variance():
+    rng = np.random.default_rng(0)
+    # Correlated channels and neighbours, as in photos: a smooth base plus noise.
+    base = rng.integers(0, 200, (64, 20, 15, 1)).repeat(4, axis=1).repeat(4, axis=2)
+    images = (base + rng.integers(0, 40, (64, 80, 60, 3))).clip(0, 255).astype(np.uint8)
+    kernel = speed_net.whitening_kernel(images, epsilon=0.0)
+    assert kernel.shape == (12, 24)
+    np.testing.assert_array_equal(kernel[:, 12:], -kernel[:, :12])
+    patches = np.asarray(speed_net.patchify_2x2(jnp.asarray(images, jnp.float32) / 255.0))
+    whitened = patches.reshape(-1, 12) @ kernel[:, :12]
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(12), atol=1e-3)
+
+
+def test_training_starts_from_the_whitening_stem_and_refuses_it_where_it_cannot_apply(
+    tmp_path, cache_dir
+):
+    from fashion_jax import errors
+
+    config = speedrun.get_config()
+    config.model.whiten_stem_images = 100
+    config.model.stem_features = 32
+    with pytest.raises(errors.ConfigError, match="--config.model.stem_features=24"):
+        models.check_config(config.model)
+    config.model.stem_features = 24
+    images = np.random.default_rng(1).integers(0, 256, (300, 80, 60, 3), dtype=np.uint8)
+    values = speed_net.initial_params(config.model, images)
+    np.testing.assert_array_equal(
+        values["stem"]["kernel"], speed_net.whitening_kernel(images[:100])
+    )
+    from fashion_jax.training import optim
+    from fashion_jax.training import state as state_lib
+
+    model = models.create_model(override(config.model, conv_impl="xla"), 5)
+    state = state_lib.create_train_state(
+        config,
+        model,
+        optim.create_learning_rate_fn(config.optimizer, 100, 128, 1000),
+        (80, 60, 3),
+        ema_decay=0.9,
+        initial_params=values,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(state.params["stem"]["kernel"]), values["stem"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(state.ema_params["stem"]["kernel"]), values["stem"]["kernel"]
+    )
