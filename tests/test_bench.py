@@ -106,9 +106,14 @@ def test_soup_memory_bench_sees_a_child_s_anonymous_memory_and_reports_its_failu
 BENCH_SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "bench", "*.py")))
 
 
-def run_script(script, *args, cwd):
+def run_script(script, *args, cwd, env=None):
     return subprocess.run(
-        [sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, script, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -159,19 +164,12 @@ def test_the_image_cache_bench_runs_on_a_small_dataset(tmp_path):
     from tests.conftest import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", rows_per_class=5)
-    env = dict(os.environ, FASHION_CACHE_DIR=str(tmp_path / "cache"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bench", "bench_image_cache.py"),
-            f"--data_dir={data}",
-            "--max_images=12",
-        ],
+    result = run_script(
+        os.path.join(ROOT, "bench", "bench_image_cache.py"),
+        f"--data_dir={data}",
+        "--max_images=12",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env=dict(os.environ, FASHION_CACHE_DIR=str(tmp_path / "cache")),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cold decode: 12 images (0 missing or failed)" in result.stdout

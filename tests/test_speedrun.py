@@ -106,7 +106,7 @@ def test_training_starts_from_the_whitening_stem_and_refuses_it_where_it_cannot_
         models.check_config(config.model)
     config.model.stem_features = 24
     images = np.random.default_rng(1).integers(0, 256, (300, 80, 60, 3), dtype=np.uint8)
-    values = speed_net.initial_params(config.model, images)
+    values = models.initial_params(config.model, images)
     np.testing.assert_array_equal(
         values["stem"]["kernel"], speed_net.whitening_kernel(images[:100])
     )

@@ -54,6 +54,14 @@ def check_config(model_config) -> None:
         speed_net.check_config(model_config)
 
 
+def initial_params(model_config, train_images) -> dict:
+    """Data-dependent initial values of the model's parameters ({module: {name: value}}, for
+    create_train_state), or {} where the model starts at random."""
+    if model_config.name == "speed_net":
+        return speed_net.initial_params(model_config, train_images)
+    return {}
+
+
 def create_model(model_config, num_classes) -> nn.Module:
     """Builds the model named by `model_config.name` from the remaining fields.
 

@@ -2,9 +2,10 @@
 speedruns (airbench): downsample at once, then few wide layers.
 
 A 2x2 patch convolution with stride 2 (a reshape and one matmul, cheap on a CPU), or a 3x3
-convolution and a 2x2 max pool, takes the photo to 40x30; then blocks of [3x3 conv -> 2x2 max pool -> BN -> ReLU -> 3x3 conv -> BN -> ReLU]
-(20x15, 10x7, 5x3), global max pooling (or the flattened 5x3 grid) and the classifier head(s). With block_features
-(32, 64, 128) a forward pass is about 30 M multiply-adds, a quarter of the seed CNN's.
+convolution and a 2x2 max pool, takes the photo to 40x30; then blocks of [3x3 conv -> 2x2 max
+pool -> BN -> ReLU -> 3x3 conv -> BN -> ReLU] (20x15, 10x7, 5x3), global max pooling (or the
+flattened 5x3 grid) and the classifier head(s). With block_features (32, 64, 128) a forward pass
+is about 30 M multiply-adds, a quarter of the seed CNN's.
 """
 
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ def check_config(model_config) -> None:
 def initial_params(model_config, train_images) -> dict:
     """Data-dependent initial values for create_train_state: the whitening stem when asked."""
     count = int(model_config.get("whiten_stem_images", 0))
-    if model_config.name != "speed_net" or count <= 0:
+    if count <= 0:
         return {}
     return {"stem": {"kernel": whitening_kernel(np.asarray(train_images[:count]))}}
 

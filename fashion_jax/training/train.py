@@ -22,7 +22,6 @@ from fashion_jax import logging_setup
 from fashion_jax import models
 from fashion_jax.data import dataset
 from fashion_jax.data import input_pipeline
-from fashion_jax.models import speed_net
 from fashion_jax.training import batch_norm
 from fashion_jax.training import checkpointing
 from fashion_jax.training import config_checks
@@ -136,6 +135,8 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
     )
     # A resumed run takes everything from its own checkpoint, not from --config.init_checkpoint.
     resuming = checkpointing.has_checkpoints(workdir)
+    # Data-dependent initial values only for a fresh start: not over a checkpoint's parameters.
+    fresh = not resuming and not config.init_checkpoint
     state = state_lib.create_train_state(
         config,
         model,
@@ -144,7 +145,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         dp.replicated,
         not resuming,
         run_lengths.ema_decay,
-        speed_net.initial_params(config.model, train.images) if not resuming else None,
+        models.initial_params(config.model, train.images) if fresh else None,
     )
     parameter_counts = state_lib.count_parameters(state)
     run_steps = steps.TrainStepRunner(dp, train, config, loss_spec)
