@@ -37,7 +37,7 @@ flags.DEFINE_list(
     "frameworks",
     ["jax", "torch", "keras"],
     "Frameworks to measure: jax, jax_winograd, jax_im2col, jax_xla_conv, jax_bf16, "
-    "jax_small_resnet, jax_speed_net, torch, keras.",
+    "jax_small_resnet, jax_speedrun, jax_speedrun_adam, torch, keras.",
 )
 flags.DEFINE_float("seconds", 15.0, "Minimum timed seconds per measurement.")
 flags.DEFINE_integer(
@@ -88,18 +88,23 @@ def time_steps(step, sync, batch_size):
                 return first, steps * batch_size / elapsed
 
 
-def bench_jax(batch_size, conv_impl="auto", model_name="seed_cnn", dtype="float32"):
+def bench_jax(
+    batch_size, conv_impl="auto", recipe="default", model_name=None, dtype="float32", optimizer=None
+):
+    """A train step of configs/<recipe>.py's model and optimizer (or `model_name`, `optimizer`)."""
+    import importlib
+
     import jax
 
     sys.path.insert(0, REPO_ROOT)  # configs/ is read from the checkout, as run_train.py does.
-    from configs import default
     from fashion_jax import models
     from fashion_jax.training import optim
 
-    config = default.get_config()
+    config = importlib.import_module(f"configs.{recipe}").get_config()
     config.model.conv_impl = conv_impl
-    config.model.name = model_name
+    config.model.name = model_name or config.model.name
     config.model.dtype = dtype
+    config.optimizer.name = optimizer or config.optimizer.name
     model = models.create_model(config.model, NUM_CLASSES)
     state = state_lib.create_train_state(
         config, model, optim.create_learning_rate_fn(config.optimizer), (HEIGHT, WIDTH, 3)
@@ -208,8 +213,11 @@ WORKERS = {
     "jax_bf16": lambda batch_size: bench_jax(batch_size, dtype="bfloat16"),
     # The other backbone (configs/multi_head_resnet.py), single head; not in the default.
     "jax_small_resnet": lambda batch_size: bench_jax(batch_size, model_name="small_resnet"),
-    # The time-to-accuracy network (configs/speedrun.py).
-    "jax_speed_net": lambda batch_size: bench_jax(batch_size, model_name="speed_net"),
+    # The time-to-accuracy recipe's network and optimizer (configs/speedrun.py), and with Adam.
+    "jax_speedrun": lambda batch_size: bench_jax(batch_size, recipe="speedrun"),
+    "jax_speedrun_adam": lambda batch_size: bench_jax(
+        batch_size, recipe="speedrun", optimizer="adam"
+    ),
 }
 
 

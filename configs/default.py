@@ -107,6 +107,9 @@ def get_config():
 
     config.batch_size = 32
     config.eval_batch_size = 256
+    # Test-time augmentation of the validation after each epoch: "none" or "flip" (the mean of
+    # each photo's and its mirror's probabilities; for --config.augment.flip models).
+    config.val_tta = "none"
     config.num_epochs = 50
     # "auto": keep the uint8 training images on the accelerator (not on CPU) and run
     # steps_per_dispatch steps per call with lax.scan (0: 50 on accelerators; always 1 on host data).
@@ -117,6 +120,8 @@ def get_config():
     config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the study did.
     config.early_stopping.patience = 3
     config.early_stopping.restore_best = True
+    # > 0: also stop after the first epoch whose val accuracy reaches this (time to accuracy).
+    config.early_stopping.target_accuracy = 0.0
 
     # >0: at every epoch end, recompute BatchNorm running statistics on this many training batches
     # ("precise BN") before validating and saving; 0: keep the running averages (as the study did).

@@ -21,6 +21,7 @@ def get_config():
     config.model.whiten_stem_images = 0
     config.model.block_features = (32, 64, 128)
     config.model.pooling = "flatten"
+    config.model.dense_units = 0
     config.model.bn_momentum = 0.9
     config.model.dropout_rate = 0.0
     config.batch_size = 128

@@ -65,6 +65,8 @@ TRAIN_CASES = [
     ({"early_stopping.monitor": "val_accuracy"}, "--config.early_stopping.monitor='val_accuracy'"),
     ({"data_on_device": "maybe"}, "--config.data_on_device='maybe'"),
     ({"augment.max_shift": -1}, "--config.augment.max_shift=-1"),
+    ({"val_tta": "rotate"}, "--config.val_tta='rotate'"),
+    ({"early_stopping.target_accuracy": 98.85}, "target_accuracy=98.85 must be in [0, 1]"),
     ({"batch_size": 0}, "--config.batch_size=0 must be at least 1"),
     ({"ema_decay": 0.999}, "--config.ema_decay needs --config.bn_recalibration_batches > 0"),
     ({"ema_decay": 1.5, "bn_recalibration_batches": 2}, "--config.ema_decay=1.5 must be in [0, 1)"),

@@ -9,6 +9,8 @@ import pytest
 from configs import speedrun
 from fashion_jax import models
 from fashion_jax.models import speed_net
+from fashion_jax.training import run_files
+from fashion_jax.training import run_progress
 from fashion_jax.training import train
 from tests.conftest import load_script
 from tests.conftest import override
@@ -57,6 +59,45 @@ def test_a_tiny_speedrun_learns(tmp_path, cache_dir):
     assert summary["epochs_run"] == 5
 
 
+def test_a_run_stops_after_the_first_epoch_reaching_its_target_accuracy(tmp_path, cache_dir):
+    """early_stopping.target_accuracy, with the validation's flip test-time augmentation on."""
+    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=40)
+    config = override(
+        speedrun.get_config(),
+        **{
+            "data.data_dir": str(data),
+            "batch_size": 16,
+            "optimizer.reference_batch_size": 16,
+            "num_epochs": 8,
+            "bn_recalibration_batches": 2,
+            "early_stopping.target_accuracy": 0.6,
+            "val_tta": "flip",
+            "progress_bar": False,
+        },
+    )
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    val = [r["val_accuracy"] for r in run_files.read_metrics(tmp_path / "run")]
+    assert summary["epochs_run"] == len(val) < 8, val
+    assert val[-1] >= 0.6 and max(val[:-1], default=0.0) < 0.6, val
+
+
+def test_stopping_at_a_target_is_judged_on_the_last_epoch_and_after_patience():
+    rule = override(
+        speedrun.get_config().early_stopping,
+        **{"monitor": "val_loss", "patience": 3, "target_accuracy": 0.9},
+    )
+    progress = run_progress.new_progress()
+    for epoch, (loss, accuracy) in enumerate([(0.5, 0.80), (0.4, 0.85), (0.3, 0.91)], 1):
+        run_progress.record_epoch(
+            progress,
+            {"epoch": epoch, "step": epoch, "val_loss": loss, "val_accuracy": accuracy},
+            rule,
+        )
+        assert progress["early_stopped"] == (accuracy >= 0.9)
+    assert not run_progress.should_stop(progress, override(rule, target_accuracy=0.95))
+    assert not run_progress.should_stop(progress, override(rule, target_accuracy=0.0))
+
+
 def test_time_to_target_counts_training_and_epoch_ends_until_the_first_epoch_reaching_it():
     bench = load_speedrun_bench()
     history = [
@@ -79,6 +120,21 @@ def test_the_summary_is_the_mean_and_spread_over_seeds_and_says_who_missed():
     assert row["val_accuracy"] == "0.9850 +- 0.0050 (n=3)"
     assert row["seeds_reaching_target"] == "2 of 3 (val >= 0.9885)"
     assert row["mean_seconds_to_target"] == pytest.approx(110.0)
+
+
+def test_the_study_in_tf_keras_is_its_epochs_to_target_times_keras_epoch_time():
+    bench = load_speedrun_bench()
+    study = [
+        {"recipe": "study", "epochs": 7, "epochs_to_target": 7, "seconds_to_target": 1.0},
+        {"recipe": "study", "epochs": 9, "epochs_to_target": 9, "seconds_to_target": 1.0},
+    ]
+    row = bench.summarise(study, 0.9885, 100.0, train_images=1000)["study_in_tf_keras"]
+    assert row["mean_seconds_to_target"] == pytest.approx(8 * 1000 / 100.0)
+    assert not row["lower_bound"]
+    study[1].update(epochs=12, epochs_to_target=None, seconds_to_target=None)
+    row = bench.summarise(study, 0.9885, 100.0, train_images=1000)["study_in_tf_keras"]
+    assert row["mean_seconds_to_target"] == pytest.approx(9.5 * 1000 / 100.0)
+    assert row["lower_bound"]
 
 
 def test_the_whitening_stem_makes_the_patches_uncorrelated_with_unit_variance():

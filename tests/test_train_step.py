@@ -18,7 +18,8 @@ from tests.conftest import tiny_config
 
 
 @pytest.mark.parametrize(
-    "optimizer,learning_rate", [("adam", 1e-3), ("sgd", 1e-2), ("rmsprop", 1e-3)]
+    "optimizer,learning_rate",
+    [("adam", 1e-3), ("sgd", 1e-2), ("rmsprop", 1e-3), ("muon", 1e-3)],
 )
 def test_jitted_train_step_lowers_the_loss(optimizer, learning_rate):
     state = make_state(optimizer=optimizer, learning_rate=learning_rate)
@@ -62,6 +63,26 @@ def test_eval_counts_every_image_once_with_padding():
     )
     expected_correct = int((np.asarray(logits).argmax(-1) == batch["label"]).sum())
     assert sum(s["correct"] for s in sums) == expected_correct
+
+
+def test_eval_with_flip_tta_scores_the_mean_of_photo_and_mirror_probabilities():
+    state = make_state()
+    batch = synthetic_batch(n=32)
+    batch = {**batch, "mask": np.ones(32, np.float32)}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def probabilities(images):
+        return np.asarray(jax.nn.softmax(models.predict_logits(state.apply_fn, variables, images)))
+
+    mean = (probabilities(batch["image"]) + probabilities(batch["image"][:, :, ::-1])) / 2
+    plain = jax.device_get(steps.eval_step(state, batch))
+    flipped = jax.device_get(steps.eval_step(state, batch, tta="flip"))
+    assert flipped["correct"] == int((mean.argmax(-1) == batch["label"]).sum())
+    expected_loss = -np.log(mean[np.arange(32), batch["label"]]).sum()
+    np.testing.assert_allclose(flipped["loss_sum"], expected_loss, rtol=1e-5)
+    assert abs(flipped["loss_sum"] - plain["loss_sum"]) > 1e-3  # The mirror changed something.
+    with pytest.raises(errors.ConfigError, match="tta='rotate'"):
+        steps.eval_step(state, batch, tta="rotate")
 
 
 def test_train_indices_cover_the_epoch_with_fixed_shapes():

@@ -11,35 +11,20 @@ of the image and of its mirror image, for models trained with --config.augment.f
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fashion_jax import models
 from fashion_jax.data import input_pipeline
 
-TTA_MODES = ("none", "flip")
+TTA_MODES = models.TTA_MODES
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def log_probabilities(model, variables, images, head=None, tta="none"):
     """Eval-mode log-softmax for a uint8 batch; compiled once per model config and batch shape.
     Multi-head models: {head: log-probs}, or only `head`'s."""
-
-    def predict(batch):
-        logits = models.predict_logits(model.apply, variables, batch)
-        if isinstance(logits, dict) and head is not None:
-            logits = logits[head]
-        return jax.tree.map(jax.nn.log_softmax, logits)
-
-    if tta == "none":
-        return predict(images)
-    if tta != "flip":
-        raise ValueError(f"--config.tta={tta}: use one of {TTA_MODES}")
-    return jax.tree.map(
-        lambda a, b: jnp.logaddexp(a, b) - jnp.log(2.0),
-        predict(images),
-        predict(images[:, :, ::-1]),
-    )
+    log_probs = models.predict_log_probabilities(model.apply, variables, images, tta)
+    return log_probs[head] if isinstance(log_probs, dict) and head is not None else log_probs
 
 
 def predict_array(

@@ -11,6 +11,7 @@ A model maps images scaled to [0, 1] to logits [B, classes], or {head: logits} w
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from fashion_jax import errors
@@ -29,6 +30,28 @@ def scale_images(images):
 def predict_logits(apply_fn, variables, images):
     """Eval-mode logits of uint8 `images` (BatchNorm running statistics, no dropout)."""
     return apply_fn(variables, scale_images(images), train=False)
+
+
+# Test-time augmentation: "flip" predicts the mean of the probabilities of each image and of its
+# mirror image (for models trained with --config.augment.flip).
+TTA_MODES = ("none", "flip")
+
+
+def predict_log_probabilities(apply_fn, variables, images, tta: str = "none"):
+    """Eval-mode log-softmax of uint8 `images` [B, H, W, C] ({head: ...} with several heads),
+    with test-time augmentation `tta`."""
+    errors.check_choice("tta", tta, TTA_MODES)
+
+    def predict(batch):
+        return jax.tree.map(jax.nn.log_softmax, predict_logits(apply_fn, variables, batch))
+
+    if tta == "none":
+        return predict(images)
+    return jax.tree.map(
+        lambda a, b: jnp.logaddexp(a, b) - jnp.log(2.0),
+        predict(images),
+        predict(images[:, :, ::-1]),
+    )
 
 
 MODELS = {"seed_cnn": SeedCNN, "small_resnet": SmallResNet, "speed_net": SpeedNet}

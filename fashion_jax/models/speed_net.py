@@ -78,6 +78,9 @@ class SpeedNet(nn.Module):
     whiten_stem_images: int = 0
     block_features: Sequence[int] = (32, 64, 128)
     pooling: str = "max"  # "max": global max pooling; "flatten": every position's features.
+    # >0: a hidden Dense layer of this width (+ ReLU) before the heads; cheap next to the convs
+    # (1920 x 512 multiply-adds on the flattened 5x3x128 grid) and the seed CNN's main capacity.
+    dense_units: int = 0
     dropout_rate: float = 0.0
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-3
@@ -114,4 +117,7 @@ class SpeedNet(nn.Module):
         # "flatten" keeps where in the photo a feature was (the seed CNN's head does too).
         x = x.max(axis=(1, 2)) if self.pooling == "max" else x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.dense_units:
+            x = nn.relu(nn.Dense(self.dense_units, dtype=dtype, name="hidden")(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return classifier_heads(x, self.num_classes, self.heads, dtype)

@@ -34,6 +34,7 @@ def check_train_config(config, workdir: str | None = None) -> None:
     errors.check_choice(
         "--config.data_on_device", str(config.data_on_device).lower(), DATA_ON_DEVICE
     )
+    errors.check_choice("--config.val_tta", config.get("val_tta", "none"), models.TTA_MODES)
     for flag, value in (
         ("batch_size", config.batch_size),
         ("eval_batch_size", config.eval_batch_size),
@@ -42,6 +43,12 @@ def check_train_config(config, workdir: str | None = None) -> None:
     ):
         if value < 1:
             raise errors.ConfigError(f"--config.{flag}={value} must be at least 1.")
+    target = config.early_stopping.get("target_accuracy", 0.0)
+    if not 0.0 <= target <= 1.0:
+        raise errors.ConfigError(
+            f"--config.early_stopping.target_accuracy={target} must be in [0, 1], e.g. 0.9885 "
+            "(0: no target)."
+        )
     if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
         raise errors.ConfigError(
             f"--config.ema_decay={config.ema_decay} must be in [0, 1), e.g. 0.9995 (0: off)."

@@ -9,7 +9,7 @@ import optax
 from fashion_jax import errors
 from fashion_jax.training import lengths
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "muon")
 SCHEDULES = ("exponential", "cosine")
 BATCH_SCALING = ("auto", "linear", "sqrt", "none")
 
@@ -18,7 +18,7 @@ def batch_scaling_rule(opt_config) -> str:
     """The rule applied: "auto" is "linear" for sgd and "sqrt" for adam and rmsprop."""
     rule = opt_config.get("batch_scaling") or "none"
     if rule == "auto":
-        return "linear" if opt_config.name == "sgd" else "sqrt"
+        return "linear" if opt_config.name == "sgd" else "sqrt"  # Muon: its Adam part.
     return rule
 
 
@@ -133,11 +133,32 @@ def _kernels_only(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _muon_dimensions(params):
+    """Muon orthogonalises the 3x3 convolution kernels [3, 3, in, out] as [9 in, out] matrices;
+    None (Adam) for the rest: the stem, dense layers and heads, biases, BatchNorm."""
+    conv = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=(3,))
+    return jax.tree.map(lambda p: conv if p.ndim == 4 else None, params)
+
+
 def create_optimizer(opt_config, learning_rate_fn) -> optax.GradientTransformation:
-    """adam, sgd or rmsprop with Keras' default hyper-parameters unless the config says otherwise."""
+    """adam, sgd or rmsprop with Keras' default hyper-parameters unless the config says otherwise;
+    muon: Muon (optax.contrib) on the convolution kernels and Adam on the other parameters, both
+    at the same rate (Muon's updates scaled to Adam's RMS, Liu et al. 2025)."""
     errors.check_choice("--config.optimizer.name", opt_config.name, OPTIMIZERS)
     name = opt_config.name
     weight_decay = float(opt_config.weight_decay)
+    if name == "muon":
+        return optax.contrib.muon(
+            learning_rate_fn,
+            beta=opt_config.get("muon_beta", 0.95),
+            weight_decay=weight_decay,
+            weight_decay_mask=_kernels_only,
+            adam_b1=opt_config.beta1,
+            adam_b2=opt_config.beta2,
+            adam_weight_decay=weight_decay,
+            muon_weight_dimension_numbers=_muon_dimensions,
+            consistent_rms=0.2,
+        )
     if name == "adam":
         if weight_decay:  # Decoupled (AdamW): params -= lr * weight_decay * params.
             return optax.adamw(

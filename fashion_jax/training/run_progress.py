@@ -23,9 +23,19 @@ def new_progress() -> dict:
     }
 
 
-def record_epoch(progress: dict, record: dict, monitor: str, patience: int):
+def should_stop(progress: dict, early_stopping) -> bool:
+    """config.early_stopping's verdict on the epochs so far: `patience` epochs without a better
+    monitored value, or a val accuracy that reached `target_accuracy` (when > 0)."""
+    target = early_stopping.get("target_accuracy", 0.0)
+    history = progress["history"]
+    reached = bool(target and history and history[-1]["val_accuracy"] >= target)
+    return reached or progress["epochs_without_improvement"] >= early_stopping.patience
+
+
+def record_epoch(progress: dict, record: dict, early_stopping):
     """Appends the epoch's record and updates the early-stopping counters in place."""
     progress["history"].append(record)
+    monitor = early_stopping.monitor
     if record[monitor] < progress["best_monitored"]:
         progress.update(
             best_monitored=record[monitor],
@@ -35,7 +45,7 @@ def record_epoch(progress: dict, record: dict, monitor: str, patience: int):
         )
     else:
         progress["epochs_without_improvement"] += 1
-    progress["early_stopped"] = progress["epochs_without_improvement"] >= patience
+    progress["early_stopped"] = should_stop(progress, early_stopping)
     progress["partial_sums"] = None
 
 

@@ -87,11 +87,17 @@ def train_steps_on_device_data(
     return state, jax.tree.map(lambda m: m.sum(0), metrics)
 
 
-def eval_step(state: TrainState, batch, loss_spec: losses_lib.LossSpec = SINGLE_HEAD):
+def eval_step(
+    state: TrainState, batch, loss_spec: losses_lib.LossSpec = SINGLE_HEAD, tta: str = "none"
+):
     """Masked sums over one padded eval batch: padding contributes nothing. The loss is the plain
-    cross-entropy (class weights and label smoothing only steer training)."""
-    logits = models.predict_logits(
-        state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats}, batch["image"]
+    cross-entropy (class weights and label smoothing only steer training) of the predicted
+    probabilities, with test-time augmentation `tta` (static; models.TTA_MODES)."""
+    logits = models.predict_log_probabilities(  # Log-probabilities serve as logits.
+        state.apply_fn,
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["image"],
+        tta,
     )
     _, metrics = losses_lib.loss_and_metrics(
         logits, batch["label"], loss_spec.for_evaluation(), batch["mask"]
@@ -170,12 +176,13 @@ class SubsetMetrics:
         data_parallel: parallel.DataParallel,
         batch_size: int,
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+        tta: str = "none",
     ):
         data_parallel.check_batch_size(batch_size, "--config.eval_batch_size")
         self.dp, self.batch_size = data_parallel, batch_size
         self.rows = data_parallel.process_rows(batch_size)
         self._step = jax.jit(
-            functools.partial(eval_step, loss_spec=loss_spec),
+            functools.partial(eval_step, loss_spec=loss_spec, tta=tta),
             out_shardings=data_parallel.replicated,
         )
         self._sum = jax.jit(sum_metrics, out_shardings=data_parallel.replicated)

@@ -178,7 +178,9 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         steps_per_epoch=steps_per_epoch,
         lengths=run_lengths,
         run_steps=run_steps,
-        evaluate=steps.SubsetMetrics(dp, config.eval_batch_size, loss_spec),
+        evaluate=steps.SubsetMetrics(
+            dp, config.eval_batch_size, loss_spec, config.get("val_tta", "none")
+        ),
         sum_metrics=jax.jit(steps.sum_metrics, out_shardings=dp.replicated),
         sampling=input_pipeline.sampling_probabilities(train.labels, config.data.sampling),
         manager=checkpointing.create_manager(workdir, config.checkpoint.keep_epochs, meta),
@@ -207,11 +209,9 @@ def _resume(run: _Run, state):
     tree, progress = checkpointing.restore(
         manager, step, checkpointing.abstract_tree(state_lib.state_tree(state))
     )
-    # Early stopping is re-judged with this run's patience, so a stopped run can be continued
-    # with more patience (and more epochs).
-    progress["early_stopped"] = (
-        progress["epochs_without_improvement"] >= run.config.early_stopping.patience
-    )
+    # Early stopping is re-judged with this run's patience and target, so a stopped run can be
+    # continued with more patience (and more epochs).
+    progress["early_stopped"] = run_progress.should_stop(progress, run.config.early_stopping)
     logging.info("Resumed from checkpoint at step %d (epoch %d).", step, len(progress["history"]))
     return state.replace(**tree), progress, step
 
@@ -324,9 +324,7 @@ def _end_epoch(run: _Run, state, progress: dict, step: int, epoch: int, sums, ti
     record = run_progress.epoch_record(
         epoch + 1, step, train_metrics, val_metrics, float(run.learning_rate_fn(step)), timing
     )
-    run_progress.record_epoch(
-        progress, record, config.early_stopping.monitor, config.early_stopping.patience
-    )
+    run_progress.record_epoch(progress, record, config.early_stopping)
     checkpointing.save(
         run.manager,
         step,
