@@ -98,6 +98,7 @@ def bench_jax(
 
     sys.path.insert(0, REPO_ROOT)  # configs/ is read from the checkout, as run_train.py does.
     from fashion_jax import models
+    from fashion_jax.training import lengths
     from fashion_jax.training import optim
 
     config = importlib.import_module(f"configs.{recipe}").get_config()
@@ -106,8 +107,13 @@ def bench_jax(
     config.model.dtype = dtype
     config.optimizer.name = optimizer or config.optimizer.name
     model = models.create_model(config.model, NUM_CLASSES)
+    train_examples = 29_451  # The training set's size, for lengths given in epochs.
+    learning_rate_fn = optim.create_learning_rate_fn(
+        config.optimizer, 10_000, batch_size, train_examples
+    )
+    ema_decay = lengths.ema_decay(config, train_examples, batch_size)
     state = state_lib.create_train_state(
-        config, model, optim.create_learning_rate_fn(config.optimizer), (HEIGHT, WIDTH, 3)
+        config, model, learning_rate_fn, (HEIGHT, WIDTH, 3), ema_decay=ema_decay
     )
     images, labels = synthetic_batch(batch_size)
     batch = jax.device_put({"image": images, "label": labels})

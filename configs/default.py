@@ -61,7 +61,7 @@ def get_config():
     config.model.dtype = "float32"  # "bfloat16": compute in bf16, parameters/optimizer in float32.
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adam"  # adam, sgd or rmsprop.
+    config.optimizer.name = "adam"  # adam, sgd, rmsprop or muon (Muon on conv kernels, Adam else).
     # The rate tuned at reference_batch_size (the study's 32), moved to --config.batch_size B by
     # batch_scaling: "linear" (x B/32; Goyal et al. 2017, for SGD), "sqrt" (x sqrt(B/32); Malladi
     # et al. 2022, for Adam-type optimizers), "auto" (linear for sgd, sqrt for adam and rmsprop)
