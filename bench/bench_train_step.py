@@ -325,7 +325,7 @@ def main(argv):
 
     native = native_conv.unavailable_reason() or f"built, {native_conv.lanes()}-float vectors"
     print(
-        f"\nSeed CNN training step, synthetic batch, {os.cpu_count()} CPUs, "
+        f"\nTraining step (jax, torch, keras: the seed CNN), synthetic batch, {os.cpu_count()} CPUs, "
         f"median of {FLAGS.repeats}; ratios against jax with {FLAGS.allocators[0]}; "
         f"native convolution: {native}"
     )
