@@ -34,7 +34,24 @@ class InputError(UserError):
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss or state became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WorkdirInUseError(UserError):
+    """Another live run holds the workdir's lock; the message names its host and process id."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write into the workdir found no space; the message names the folder and the space
+    needed, and the step the same command resumes from."""
+
+
+class PreemptedError(UserError):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint at the current step; the same
+    command resumes from it. run_train.py exits with PREEMPTED_EXIT_CODE."""
+
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process it ended.
 
 
 def check_choice(flag: str, value, choices) -> None:

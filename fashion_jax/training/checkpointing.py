@@ -9,11 +9,15 @@ config and image size, and the whole config.
 
 import os
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 CHECKPOINT_DIR = "checkpoints"
+# Checkpoints that cannot be read are moved here (beside checkpoints/, where orbax does not
+# look), never deleted.
+UNREADABLE_DIR = "checkpoints_unreadable"
 
 
 def _monitored(metrics):
@@ -40,6 +44,45 @@ def has_checkpoints(workdir: str) -> bool:
     """Whether `workdir` holds a finished checkpoint (a run to resume)."""
     folder = checkpoint_dir(workdir)
     return os.path.isdir(folder) and bool(create_manager(workdir, read_only=True).all_steps())
+
+
+def newest_step_on_disk(workdir: str) -> int | None:
+    """The newest fully written step in `workdir`'s checkpoints (orbax writes a step under a
+    temporary name and renames it when complete), or None."""
+    folder = checkpoint_dir(workdir)
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=None)
+
+
+def unreadable_reason(workdir: str, step: int) -> str:
+    """ "" if checkpoint `step` reads back whole (every array of its state, and its progress),
+    else the error: a file cut short or corrupted. Reads the saved tree as it is, so that a
+    checkpoint which merely does not fit this run's model is not taken for a broken one."""
+    manager = create_manager(workdir, read_only=True)
+    try:
+        restore_state_on_this_host(manager, step)
+        if "progress" in manager.item_metadata(step):
+            manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    except Exception as e:  # TensorStore raises plain Exceptions; JSON a ValueError.
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    return ""
+
+
+def set_aside(workdir: str, step: int, reason: str) -> str:
+    """Moves unreadable checkpoint `step` into <workdir>/checkpoints_unreadable/ (so that the run
+    resumes from the one before and later saves cannot collide with it); returns where."""
+    target = os.path.join(os.path.abspath(workdir), UNREADABLE_DIR, str(step))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(checkpoint_dir(workdir), str(step)), target)
+    logging.warning(
+        "Checkpoint step %d of %s cannot be read (%s); moved to %s (kept, not deleted) and "
+        "resuming from the checkpoint before it.",
+        step,
+        workdir,
+        reason,
+        target,
+    )
+    return target
 
 
 def create_manager(
