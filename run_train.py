@@ -10,6 +10,7 @@ Multi-process: add --distributed (launcher environment) or --coordinator_address
 --num_processes=N --process_id=i, with the same --workdir on a shared filesystem.
 """
 
+import os
 import sys
 
 from fashion_jax import launch
@@ -55,6 +56,12 @@ def main(argv):
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
         )
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except errors.PeerLostError as e:
+        print(f"run_train.py: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(
+            1
+        )  # Not sys.exit: JAX's exit handlers would wait for the dead process, then abort.
     except errors.PreemptedError as e:
         print(f"run_train.py: {e}", file=sys.stderr)
         sys.exit(errors.PREEMPTED_EXIT_CODE)

@@ -51,6 +51,11 @@ class PreemptedError(UserError):
     command resumes from it. run_train.py exits with PREEMPTED_EXIT_CODE."""
 
 
+class PeerLostError(UserError):
+    """A process of a multi-process run lost contact with the others (one died); the message
+    says to start them all again, and from which step they resume."""
+
+
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process it ended.
 
 

@@ -167,6 +167,49 @@ def _disk_full_message(workdir: str) -> str:
     )
 
 
+# What a collective (gloo, NCCL) or JAX's coordination service says when a peer is gone.
+_PEER_LOST_SIGNS = (
+    "Gloo",
+    "Connection reset by peer",
+    "Connection refused",
+    "Broken pipe",
+    "heartbeat",
+    "coordination service",
+    "DEADLINE_EXCEEDED",
+    "UNAVAILABLE",
+)
+
+
+def is_peer_lost(error: BaseException) -> bool:
+    """Whether `error` (or one it came from) is a multi-process run losing one of its processes."""
+    if jax.process_count() == 1 or isinstance(error, errors.UserError):
+        return False
+    while error is not None:
+        if any(sign in str(error) for sign in _PEER_LOST_SIGNS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def peer_loss_stops(workdir: str):
+    """Turns a collective that failed because another process died into one PeerLostError
+    saying to start every process again; run_train.py then exits at once (JAX's own exit would
+    wait for the dead process and abort)."""
+    try:
+        yield
+    except Exception as e:
+        if not is_peer_lost(e):
+            raise
+        step = checkpointing.newest_step_on_disk(workdir)
+        where = f"from step {step}, the last checkpoint fully written" if step else "from the start"
+        raise errors.PeerLostError(
+            f"Process {jax.process_index()} of {jax.process_count()} lost contact with the "
+            f"others ({str(e).strip().splitlines()[0][:200]}): one of them died. Start all "
+            f"{jax.process_count()} processes again with the same command; they resume {where}."
+        ) from e
+
+
 def _folder_bytes(folder: str) -> int:
     return sum(
         os.path.getsize(os.path.join(root, name))

@@ -99,13 +99,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dp.check_batch_size(config.batch_size, "--config.batch_size")
     lock = faults.lock_workdir(workdir)
     try:
-        with faults.disk_full_stops(workdir), faults.PreemptionWatch() as preemption:
+        with (
+            faults.disk_full_stops(workdir),
+            faults.peer_loss_stops(workdir),
+            faults.PreemptionWatch() as preemption,
+        ):
             run, state = _set_up(config, workdir, dp)
             run.preemption = preemption
             try:
                 return _train(run, state)
-            except BaseException:
-                _finish_saves(run.manager)
+            except BaseException as e:
+                if not faults.is_peer_lost(e):  # Saves wait at barriers for every process.
+                    _finish_saves(run.manager)
                 raise
     finally:
         if lock:
