@@ -14,6 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from fashion_jax import errors
+
 CHECKPOINT_DIR = "checkpoints"
 # Checkpoints that cannot be read are moved here (beside checkpoints/, where orbax does not
 # look), never deleted.
@@ -83,6 +85,37 @@ def set_aside(workdir: str, step: int, reason: str) -> str:
         target,
     )
     return target
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, workdir: str, abstract_state_tree):
+    """(step, state tree, progress) of the newest checkpoint that reads back; newer ones that do
+    not (a file cut short) are set aside. A checkpoint that reads but does not fit the target
+    (another model) raises as before: it is not broken."""
+    unreadable = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            tree, progress = restore(manager, step, abstract_state_tree)
+        except Exception:
+            reason = unreadable_reason(workdir, step)
+            if not reason:
+                raise
+            unreadable.append((step, reason))
+            continue
+        if unreadable:
+            if jax.process_index() == 0:
+                for bad, reason in unreadable:
+                    set_aside(workdir, bad, reason)
+            if jax.process_count() > 1:  # The others wait until process 0 has moved them.
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("set_aside_unreadable_checkpoints")
+            manager.reload()
+        return step, tree, progress
+    raise errors.RestoreError(
+        f"No checkpoint in {checkpoint_dir(workdir)} can be read: "
+        + "; ".join(f"step {s}: {r}" for s, r in unreadable)
+        + ". Nothing was moved or deleted; move that folder away to start the run afresh."
+    )
 
 
 def create_manager(

@@ -68,6 +68,15 @@ def check_finite_state(state_tree, step: int, manager) -> None:
     )
 
 
+def finish_saves(manager):
+    """Lets a save in flight complete before the run stops on an error, so that the step a
+    message names as the latest is on disk; its own failure is not the first one to report."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:
+        logging.warning("A checkpoint save in flight failed too: %s", str(e).splitlines()[0])
+
+
 def check_finite_loss(host_sums: dict, step: int, epoch: int, manager) -> None:
     if not np.isfinite(host_sums["loss_sum"]):
         raise errors.NonFiniteLossError(

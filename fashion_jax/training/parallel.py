@@ -108,11 +108,3 @@ class DataParallel:
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
-
-
-def wait_for_all_processes(name: str) -> None:
-    """A barrier (nothing on one process): e.g. after process 0 changed shared files."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

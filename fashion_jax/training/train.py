@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from fashion_jax import errors
 from fashion_jax import logging_setup
 from fashion_jax import models
 from fashion_jax.data import dataset
@@ -110,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 return _train(run, state)
             except BaseException as e:
                 if not faults.is_peer_lost(e):  # Saves wait at barriers for every process.
-                    _finish_saves(run.manager)
+                    faults.finish_saves(run.manager)
                 raise
     finally:
         if lock:
@@ -133,15 +132,6 @@ def _train(run: "_Run", state) -> dict:
             run.manager.wait_until_finished()
             run.preemption.stop(workdir, step)
     return _summarise(run, state, progress)
-
-
-def _finish_saves(manager):
-    """Lets a save in flight complete before the run stops on an error, so that the step a
-    message names as the latest is on disk; its own failure is not the first one to report."""
-    try:
-        manager.wait_until_finished()
-    except Exception as e:
-        logging.warning("A checkpoint save in flight failed too: %s", str(e).splitlines()[0])
 
 
 def _set_up(config, workdir: str, dp: parallel.DataParallel):
@@ -243,7 +233,9 @@ def _resume(run: _Run, state):
     run_progress.warn_about_config_changes(
         checkpointing.run_metadata(manager).get("config"), run.config
     )
-    step, tree, progress = _restore_newest_readable(run, state)
+    step, tree, progress = checkpointing.restore_newest_readable(
+        manager, run.workdir, checkpointing.abstract_tree(state_lib.state_tree(state))
+    )
     # Early stopping is re-judged with this run's patience, so a stopped run can be continued
     # with more patience (and more epochs).
     progress["early_stopped"] = (
@@ -251,34 +243,6 @@ def _resume(run: _Run, state):
     )
     logging.info("Resumed from checkpoint at step %d (epoch %d).", step, len(progress["history"]))
     return state.replace(**tree), progress, step
-
-
-def _restore_newest_readable(run: _Run, state):
-    """(step, state tree, progress) of the newest checkpoint that reads back. A checkpoint that
-    reads but does not fit (another model) stops the run as before: it is not broken."""
-    target = checkpointing.abstract_tree(state_lib.state_tree(state))
-    unreadable = []
-    for step in sorted(run.manager.all_steps(), reverse=True):
-        try:
-            tree, progress = checkpointing.restore(run.manager, step, target)
-        except Exception:
-            reason = checkpointing.unreadable_reason(run.workdir, step)
-            if not reason:
-                raise
-            unreadable.append((step, reason))
-            continue
-        if unreadable:
-            if run.is_main:
-                for bad, reason in unreadable:
-                    checkpointing.set_aside(run.workdir, bad, reason)
-            parallel.wait_for_all_processes("set_aside_unreadable_checkpoints")
-            run.manager.reload()
-        return step, tree, progress
-    raise errors.RestoreError(
-        f"No checkpoint in {checkpointing.checkpoint_dir(run.workdir)} can be read: "
-        + "; ".join(f"step {s}: {r}" for s, r in unreadable)
-        + ". Nothing was moved or deleted; move that folder away to start the run afresh."
-    )
 
 
 def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
