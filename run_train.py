@@ -3,10 +3,14 @@
   python run_train.py --config=configs/adam.py --workdir=runs/adam [--config.field=value ...]
 
 Running the same command again on a workdir with checkpoints resumes from the latest one.
+One run per workdir (a second is refused, naming the first's host and process id). On SIGTERM
+(a scheduler's preemption) it saves at the current step and exits with code 143; the same
+command resumes from there.
 Multi-process: add --distributed (launcher environment) or --coordinator_address=host:port
 --num_processes=N --process_id=i, with the same --workdir on a shared filesystem.
 """
 
+import os
 import sys
 
 from fashion_jax import launch
@@ -52,6 +56,15 @@ def main(argv):
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
         )
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except errors.PeerLostError as e:
+        print(f"run_train.py: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(
+            1
+        )  # Not sys.exit: JAX's exit handlers would wait for the dead process, then abort.
+    except errors.PreemptedError as e:
+        print(f"run_train.py: {e}", file=sys.stderr)
+        sys.exit(errors.PREEMPTED_EXIT_CODE)
     except errors.UserError as e:
         sys.exit(f"run_train.py: {e}")
 

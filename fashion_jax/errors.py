@@ -34,7 +34,29 @@ class InputError(UserError):
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss or state became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WorkdirInUseError(UserError):
+    """Another live run holds the workdir's lock; the message names its host and process id."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write into the workdir found no space; the message names the folder and the space
+    needed, and the step the same command resumes from."""
+
+
+class PreemptedError(UserError):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint at the current step; the same
+    command resumes from it. run_train.py exits with PREEMPTED_EXIT_CODE."""
+
+
+class PeerLostError(UserError):
+    """A process of a multi-process run lost contact with the others (one died); the message
+    says to start them all again, and from which step they resume."""
+
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process it ended.
 
 
 def check_choice(flag: str, value, choices) -> None:

@@ -143,34 +143,70 @@ def short_names(workdirs) -> list:
 
 
 def select_step(run: Run, which: str = "best", flag: str = "--config.checkpoint") -> int:
-    """The step for --checkpoint: "best" (lowest monitored metric), "latest" or a step number."""
+    """The step for --checkpoint: "best" (lowest monitored metric), "latest" or a step number.
+    A best or latest checkpoint that cannot be read (a file cut short) gives way, with a
+    warning, to the newest one that can; a step asked for by number does not."""
     steps = run.manager.all_steps()
     which = str(which).strip().lower()
+    if which.isdigit() and int(which) in steps:
+        reason = checkpointing.unreadable_reason(run.workdir, int(which))
+        if reason:
+            raise errors.RestoreError(
+                f"{flag}={which}: checkpoint step {which} of {run.workdir} cannot be read "
+                f"({reason}); choose another of the steps {list(steps)}."
+            )
+        return int(which)
     if which == "latest":
-        return run.manager.latest_step()
+        return _readable(run, run.manager.latest_step())
     if which == "best":
         best = run.manager.best_step()
         if best is None:
             logging.warning(
                 "%s has no epoch-end checkpoint with metrics; using the latest.", run.workdir
             )
-            return run.manager.latest_step()
-        return best
-    if which.isdigit() and int(which) in steps:
-        return int(which)
+            return _readable(run, run.manager.latest_step())
+        return _readable(run, best)
     raise errors.RestoreError(
         f"{flag}={which} does not name a checkpoint of {run.workdir}: use "
         f"best, latest or one of the steps {list(steps)}."
     )
 
 
+def _readable(run: Run, step: int) -> int:
+    """`step` if it reads back, else the newest step that does (with a warning naming both)."""
+    reason = checkpointing.unreadable_reason(run.workdir, step)
+    if not reason:
+        return step
+    for other in sorted(run.manager.all_steps(), reverse=True):
+        if other != step and not checkpointing.unreadable_reason(run.workdir, other):
+            logging.warning(
+                "Checkpoint step %d of %s cannot be read (%s); using step %d, the newest one "
+                "that can. Nothing was changed in the workdir.",
+                step,
+                run.workdir,
+                reason,
+                other,
+            )
+            return other
+    raise errors.RestoreError(
+        f"No checkpoint of {run.workdir} can be read (step {step}: {reason})."
+    )
+
+
 def epoch_end_steps(run: Run) -> dict:
-    """{step: epoch} of the epoch-end checkpoints still in the workdir, oldest first."""
-    latest = run.manager.latest_step()
-    progress = run.manager.restore(
-        latest, args=ocp.args.Composite(progress=ocp.args.JsonRestore())
-    )["progress"]
+    """{step: epoch} of the epoch-end checkpoints still in the workdir, oldest first (from the
+    newest progress record that reads back)."""
     present = set(run.manager.all_steps())
+    for step in sorted(present, reverse=True):
+        try:
+            progress = run.manager.restore(
+                step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())
+            )["progress"]
+            break
+        except Exception as e:  # A file cut short: the history of the step before will do.
+            logging.warning("Progress of step %d of %s cannot be read: %s", step, run.workdir, e)
+    else:
+        raise errors.RestoreError(f"No checkpoint of {run.workdir} has a readable history.")
     return {r["step"]: r["epoch"] for r in progress["history"] if r["step"] in present}
 
 

@@ -1,7 +1,9 @@
-"""Orbax save/restore, and a run killed with SIGKILL that resumes to the same parameters."""
+"""Orbax save/restore, and runs killed with SIGKILL or stopped by SIGTERM that resume to the
+same parameters as one unbroken run (shared by both)."""
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -9,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from fashion_jax import errors
 from fashion_jax import models
 from fashion_jax.training import checkpointing
 from fashion_jax.training import run_files
@@ -84,15 +87,36 @@ RESUME_FLAGS = (
 )
 
 
-@pytest.mark.parametrize("kill_after_steps", [(3, 11)])
-def test_sigkill_and_resume_gives_the_same_parameters(tmp_path, kill_after_steps):
-    data_dir = write_synthetic_dataset(tmp_path / "data", rows_per_class=40)
-    cache_dir = tmp_path / "cache"
-    reference = tmp_path / "reference"
-    process = launch_run_train(reference, data_dir, cache_dir, *RESUME_FLAGS)
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """(data, cache, workdir) of the run the interrupted ones must end equal to."""
+    root = tmp_path_factory.mktemp("resume")
+    data_dir = write_synthetic_dataset(root / "data", rows_per_class=40)
+    process = launch_run_train(root / "reference", data_dir, root / "cache", *RESUME_FLAGS)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
+    return data_dir, root / "cache", root / "reference"
 
+
+def assert_same_run_as(reference, interrupted):
+    """Bit-equal final state, and the same epoch records and summary."""
+    step_a, state_a = final_params(reference)
+    step_b, state_b = final_params(interrupted)
+    assert step_a == step_b
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+    keys = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    history_a = [{k: r[k] for k in keys} for r in run_files.read_metrics(reference)]
+    history_b = [{k: r[k] for k in keys} for r in run_files.read_metrics(interrupted)]
+    assert history_a == history_b and len(history_a) == 3
+    summary_a = json.loads((reference / "summary.json").read_text())
+    summary_b = json.loads((interrupted / "summary.json").read_text())
+    assert summary_a["val_accuracy"] == summary_b["val_accuracy"]
+    assert summary_a["final_step"] == summary_b["final_step"]
+
+
+@pytest.mark.parametrize("kill_after_steps", [(3, 11)])
+def test_sigkill_and_resume_gives_the_same_parameters(unbroken, tmp_path, kill_after_steps):
+    data_dir, cache_dir, reference = unbroken
     interrupted = tmp_path / "interrupted"
     kills = 0
     for threshold in kill_after_steps:
@@ -111,16 +135,31 @@ def test_sigkill_and_resume_gives_the_same_parameters(tmp_path, kill_after_steps
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert "Resumed from checkpoint" in output
+    assert_same_run_as(reference, interrupted)
 
-    step_a, state_a = final_params(reference)
-    step_b, state_b = final_params(interrupted)
-    assert step_a == step_b
-    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-    keys = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
-    history_a = [{k: r[k] for k in keys} for r in run_files.read_metrics(reference)]
-    history_b = [{k: r[k] for k in keys} for r in run_files.read_metrics(interrupted)]
-    assert history_a == history_b and len(history_a) == 3
-    summary_a = json.loads((reference / "summary.json").read_text())
-    summary_b = json.loads((interrupted / "summary.json").read_text())
-    assert summary_a["val_accuracy"] == summary_b["val_accuracy"]
-    assert summary_a["final_step"] == summary_b["final_step"]
+
+def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(unbroken, tmp_path):
+    """A scheduler's preemption: SIGTERM once training is under way (a checkpoint exists); the
+    run saves at the step it is at, says so and exits with 143 within seconds."""
+    data_dir, cache_dir, reference = unbroken
+    interrupted = tmp_path / "interrupted"
+    process = launch_run_train(interrupted, data_dir, cache_dir, *RESUME_FLAGS)
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline and not finished_steps(interrupted):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before SIGTERM; make it longer"
+    signalled = time.time()
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    seconds = time.time() - signalled
+    assert process.returncode == errors.PREEMPTED_EXIT_CODE, output
+    saved = int(re.search(r"checkpoint saved at step (\d+)", output).group(1))
+    assert finished_steps(interrupted)[-1] == saved < finished_steps(reference)[-1]
+    assert seconds < 30, f"{seconds:.1f} s from SIGTERM to exit"
+    print(f"SIGTERM to exit: {seconds:.1f} s, saved at step {saved}")
+
+    process = launch_run_train(interrupted, data_dir, cache_dir, *RESUME_FLAGS)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert f"Resumed from checkpoint at step {saved}" in output
+    assert_same_run_as(reference, interrupted)

@@ -74,7 +74,34 @@ TRAIN_CASES = [
         {"init_checkpoint": "/nonexistent/run"},
         "--config.init_checkpoint=/nonexistent/run is not a training workdir",
     ),
+    (
+        {"model.stem_features": 48},
+        "--config.model.stem_features=48 is a field of small_resnet, speed_net, not of "
+        "--config.model.name=seed_cnn, which would ignore it; leave it at its default (24 or 32)",
+    ),
+    (  # The tests' narrow seed CNN (TEST_RUN) made a SmallResNet: its widths would be ignored.
+        {"model.name": "small_resnet", "model.dense_units": 1024},
+        "--config.model.filters=(8, 8, 8) is a field of seed_cnn, not of "
+        "--config.model.name=small_resnet",
+    ),
+    ({"steps_per_dispatch": -1}, "--config.steps_per_dispatch=-1 must be 0 or more"),
+    ({"bn_recalibration_batches": -2}, "--config.bn_recalibration_batches=-2 must be 0 or more"),
+    ({"checkpoint.keep_epochs": -1}, "--config.checkpoint.keep_epochs=-1 must be 0 or more"),
 ]
+
+
+def test_fields_another_model_has_at_their_defaults_pass():
+    """What a config cannot drop from the command line: configs/default.py's seed_cnn widths in
+    a SmallResNet run, SmallResNet's fields in a seed_cnn run made from its config."""
+    from configs import multi_head_resnet
+
+    config = multi_head_resnet.get_config()
+    train_checks.check_train_config(config)
+    config.model.name = "seed_cnn"
+    train_checks.check_train_config(config)
+    config.model.stage_blocks = (1, 1, 1, 1)
+    with pytest.raises(errors.ConfigError, match="--config.model.stage_blocks=.1, 1, 1, 1. is a"):
+        train_checks.check_train_config(config)
 
 
 @pytest.mark.parametrize("overrides,message", TRAIN_CASES)

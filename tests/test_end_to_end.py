@@ -98,9 +98,32 @@ def test_early_stopping_restores_the_best_epoch(synthetic_data, cache_dir, tmp_p
     assert len(history) == min(best["epoch"] + 1, 12)
 
 
+def saves_by_the_rule(steps_per_dispatch, every_steps, epoch_ends):
+    """Where checkpoints are due: at the end of each dispatch (a chunk of steps) that crosses a
+    multiple of every_steps, and at every epoch end."""
+    saves, start = [], 0
+    for end_of_epoch in epoch_ends:
+        for first in range(start, end_of_epoch, steps_per_dispatch):
+            last = min(first + steps_per_dispatch, end_of_epoch)
+            if last == end_of_epoch or last // every_steps > first // every_steps:
+                saves.append(last)
+        start = end_of_epoch
+    return saves
+
+
 def test_device_data_with_several_steps_per_dispatch_matches_host_data(
-    synthetic_data, cache_dir, tmp_path
+    synthetic_data, cache_dir, tmp_path, monkeypatch
 ):
+    from fashion_jax.training import checkpointing
+
+    saved = []
+    save = checkpointing.save
+
+    def recording_save(manager, step, *args, **kwargs):
+        saved.append((os.path.basename(os.path.dirname(str(manager.directory))), step))
+        return save(manager, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "save", recording_save)
     common = {"num_epochs": 2, "checkpoint.every_steps": 3, "early_stopping.restore_best": False}
     host = train.train_and_evaluate(tiny_config(synthetic_data, **common), str(tmp_path / "host"))
     device = train.train_and_evaluate(
@@ -113,10 +136,14 @@ def test_device_data_with_several_steps_per_dispatch_matches_host_data(
     history_device = run_files.read_metrics(tmp_path / "device")
     for a, b in zip(history_host, history_device):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-    # Checkpoints were still written at the configured steps inside the chunks.
-    assert sorted(os.listdir(tmp_path / "device" / "checkpoints")) == sorted(
-        os.listdir(tmp_path / "host" / "checkpoints")
-    )
+    # Checkpoints due inside a chunk are written at its end (the state exists only there), as
+    # they happen: mid-epoch ones are deleted at the epoch end, so a final listing cannot show it.
+    epoch_ends = [r["step"] for r in history_host]
+    host_saves = [step for run, step in saved if run == "host"]
+    device_saves = [step for run, step in saved if run == "device"]
+    assert host_saves == saves_by_the_rule(1, 3, epoch_ends)
+    assert device_saves == saves_by_the_rule(2, 3, epoch_ends)
+    assert len(device_saves) > len(epoch_ends) and device_saves != host_saves
 
 
 def test_precise_batch_norm_stores_recalibrated_statistics(synthetic_data, cache_dir, tmp_path):

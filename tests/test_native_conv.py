@@ -13,8 +13,24 @@ from fashion_jax import models
 from fashion_jax.conv import dispatch
 from fashion_jax.conv import native_conv
 
+# Skipped only where this machine cannot have the native convolution; where it can (x86-64 with
+# AVX, a compiler), a build that fails fails every test that needs it, with the compiler's words.
+ENVIRONMENT = native_conv.environment_reason()
 REASON = native_conv.unavailable_reason()
-needs_native = pytest.mark.skipif(bool(REASON), reason=f"native convolution: {REASON}")
+
+
+@pytest.fixture
+def native_built():
+    if REASON:
+        pytest.fail(
+            "native_conv.cc did not build or load although this machine can have it "
+            f"(a compiler and AVX are present): {REASON}"
+        )
+
+
+def needs_native(test):
+    test = pytest.mark.usefixtures("native_built")(test)
+    return pytest.mark.skipif(bool(ENVIRONMENT), reason=f"native convolution: {ENVIRONMENT}")(test)
 
 
 def xla_conv(x, kernel):
@@ -191,8 +207,9 @@ print("lanes", native_conv.lanes(), "error", max(float(jnp.max(jnp.abs(u - v))) 
 def test_avx2_build_matches_xla_conv(tmp_path):
     """The AVX2 + FMA variant (8-float vectors, 12 accumulators), for CPUs without AVX-512, built
     with -march=haswell on this machine."""
-    if REASON or not {"avx2", "fma"} <= set(native_conv._cpu_identity().split()):
-        pytest.skip(f"needs a CPU with AVX2 and FMA and a compiler ({REASON or 'no AVX2'})")
+    if ENVIRONMENT or not {"avx2", "fma"} <= set(native_conv._cpu_identity().split()):
+        pytest.skip(f"needs a CPU with AVX2 and FMA and a compiler ({ENVIRONMENT or 'no AVX2'})")
+    assert not REASON, f"native_conv.cc did not build or load here: {REASON}"
     env = {
         **os.environ,
         "FASHION_JAX_NATIVE_DIR": str(tmp_path),
@@ -209,3 +226,37 @@ def test_avx2_build_matches_xla_conv(tmp_path):
     words = result.stdout.split()
     assert words[:2] == ["lanes", "8"]  # 40 output channels: 5 vectors, tiles of 1 vector.
     assert float(words[3]) < 1e-4
+
+
+@needs_native
+def test_it_builds_where_this_machine_can(native_built):
+    assert native_conv.available()
+
+
+def test_a_failed_build_fails_the_tests_instead_of_skipping_them(tmp_path):
+    """The check above, with a compiler that fails (CXX=false) and no cached library: pytest
+    exits non-zero and prints why."""
+    cpu = native_conv.environment_reason(compiler_needed=False)
+    if cpu:
+        pytest.skip(f"this machine cannot have the native convolution: {cpu}")
+    env = {**os.environ, "CXX": "false", "FASHION_JAX_NATIVE_DIR": str(tmp_path / "native")}
+    env.pop("FASHION_JAX_NO_NATIVE_CONV", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_it_builds_where_this_machine_can",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "native_conv.cc did not build or load" in result.stdout
+    assert "false failed on" in result.stdout

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -153,16 +154,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(data_and_reference):
-    root, data_dir, reference = data_and_reference
-    workdir = root / "two_processes"
+def launch_two_processes(root, workdir, data_dir):
     address = f"127.0.0.1:{free_port()}"
-    processes = [
+    return [
         launch_run_train(
             workdir,
             data_dir,
             root / "cache",
             *FLAGS,
+            "--config.checkpoint.every_steps=2",
             f"--coordinator_address={address}",
             "--num_processes=2",
             f"--process_id={i}",
@@ -170,9 +170,38 @@ def test_two_processes_match_one(data_and_reference):
         )
         for i in range(2)
     ]
+
+
+def test_two_processes_match_one_also_after_one_of_them_died(data_and_reference):
+    """Process 1 killed (SIGKILL) after the first checkpoint: process 0 stops within seconds
+    with one line saying to start both again (it used to print a gloo traceback and abort a
+    minute later); started again, both resume and end as one process does."""
+    root, data_dir, reference = data_and_reference
+    workdir = root / "two_processes"
+    processes = launch_two_processes(root, workdir, data_dir)
+    checkpoints, deadline = workdir / "checkpoints", time.time() + 600
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if checkpoints.is_dir() and any(n.isdigit() for n in os.listdir(checkpoints)):
+            break
+        time.sleep(0.02)
+    assert all(p.poll() is None for p in processes), "a process ended before the kill"
+    processes[1].kill()
+    killed = time.time()
+    output, _ = processes[0].communicate(timeout=300)
+    seconds = time.time() - killed
+    processes[1].communicate(timeout=60)
+    assert processes[0].returncode == 1, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("run_train.py: Process 0 of 2 lost contact with the others"), last
+    assert "Start all 2 processes again with the same command; they resume" in last
+    assert seconds < 60, f"{seconds:.0f} s from the kill to process 0's exit"
+    print(f"process 0 stopped {seconds:.1f} s after process 1 was killed")
+
+    processes = launch_two_processes(root, workdir, data_dir)
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, output in zip(processes, outputs):
         assert p.returncode == 0, output
+    assert "Resumed from checkpoint" in outputs[0]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["devices"] == 2
     val_images = (pd.read_csv(reference / "split.csv").subset == "val").sum()

@@ -108,9 +108,10 @@ def _build(compiler: str) -> str:
     return library
 
 
-@functools.cache
-def _load() -> str:
-    """Builds, loads and registers the kernels; returns "" on success, else why not."""
+def environment_reason(compiler_needed: bool = True) -> str:
+    """Why this machine cannot have the native convolution (turned off, not x86-64 with AVX-512
+    or AVX2 + FMA, no C++ compiler), else "": then it should build and load, and a failure to
+    is a bug (the tests fail on it rather than skip)."""
     if os.environ.get("FASHION_JAX_NO_NATIVE_CONV"):
         return "FASHION_JAX_NO_NATIVE_CONV is set"
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -118,9 +119,18 @@ def _load() -> str:
     cpu_flags = set(_cpu_identity().split())
     if "avx512f" not in cpu_flags and not {"avx2", "fma"} <= cpu_flags:
         return "this CPU has neither AVX-512 nor AVX2 with FMA"
-    compiler = _compiler()
-    if compiler is None:
+    if compiler_needed and _compiler() is None:
         return "no C++ compiler found (set CXX, or install g++)"
+    return ""
+
+
+@functools.cache
+def _load() -> str:
+    """Builds, loads and registers the kernels; returns "" on success, else why not."""
+    reason = environment_reason()
+    if reason:
+        return reason
+    compiler = _compiler()
     try:
         path = _build(compiler)
         library = ctypes.cdll.LoadLibrary(path)

@@ -9,11 +9,17 @@ config and image size, and the whole config.
 
 import os
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from fashion_jax import errors
+
 CHECKPOINT_DIR = "checkpoints"
+# Checkpoints that cannot be read are moved here (beside checkpoints/, where orbax does not
+# look), never deleted.
+UNREADABLE_DIR = "checkpoints_unreadable"
 
 
 def _monitored(metrics):
@@ -40,6 +46,76 @@ def has_checkpoints(workdir: str) -> bool:
     """Whether `workdir` holds a finished checkpoint (a run to resume)."""
     folder = checkpoint_dir(workdir)
     return os.path.isdir(folder) and bool(create_manager(workdir, read_only=True).all_steps())
+
+
+def newest_step_on_disk(workdir: str) -> int | None:
+    """The newest fully written step in `workdir`'s checkpoints (orbax writes a step under a
+    temporary name and renames it when complete), or None."""
+    folder = checkpoint_dir(workdir)
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=None)
+
+
+def unreadable_reason(workdir: str, step: int) -> str:
+    """ "" if checkpoint `step` reads back whole (every array of its state, and its progress),
+    else the error: a file cut short or corrupted. Reads the saved tree as it is, so that a
+    checkpoint which merely does not fit this run's model is not taken for a broken one."""
+    manager = create_manager(workdir, read_only=True)
+    try:
+        restore_state_on_this_host(manager, step)
+        if "progress" in manager.item_metadata(step):
+            manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    except Exception as e:  # TensorStore raises plain Exceptions; JSON a ValueError.
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    return ""
+
+
+def set_aside(workdir: str, step: int, reason: str) -> str:
+    """Moves unreadable checkpoint `step` into <workdir>/checkpoints_unreadable/ (so that the run
+    resumes from the one before and later saves cannot collide with it); returns where."""
+    target = os.path.join(os.path.abspath(workdir), UNREADABLE_DIR, str(step))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(checkpoint_dir(workdir), str(step)), target)
+    logging.warning(
+        "Checkpoint step %d of %s cannot be read (%s); moved to %s (kept, not deleted) and "
+        "resuming from the checkpoint before it.",
+        step,
+        workdir,
+        reason,
+        target,
+    )
+    return target
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, workdir: str, abstract_state_tree):
+    """(step, state tree, progress) of the newest checkpoint that reads back; newer ones that do
+    not (a file cut short) are set aside. A checkpoint that reads but does not fit the target
+    (another model) raises as before: it is not broken."""
+    unreadable = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            tree, progress = restore(manager, step, abstract_state_tree)
+        except Exception:
+            reason = unreadable_reason(workdir, step)
+            if not reason:
+                raise
+            unreadable.append((step, reason))
+            continue
+        if unreadable:
+            if jax.process_index() == 0:
+                for bad, reason in unreadable:
+                    set_aside(workdir, bad, reason)
+            if jax.process_count() > 1:  # The others wait until process 0 has moved them.
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("set_aside_unreadable_checkpoints")
+            manager.reload()
+        return step, tree, progress
+    raise errors.RestoreError(
+        f"No checkpoint in {checkpoint_dir(workdir)} can be read: "
+        + "; ".join(f"step {s}: {r}" for s, r in unreadable)
+        + ". Nothing was moved or deleted; move that folder away to start the run afresh."
+    )
 
 
 def create_manager(

@@ -5,6 +5,7 @@ this module runs them all and adds the checks that span sections. A failure is o
 that names the flag and the valid choices.
 """
 
+import dataclasses
 import os
 
 from fashion_jax import errors
@@ -24,6 +25,7 @@ def check_train_config(config, workdir: str | None = None) -> None:
     """Raises ConfigError for the first unknown name, out-of-range value or impossible mix.
     --config.init_checkpoint is looked at only for a new run (a resumed `workdir` ignores it)."""
     models.check_config(config.model)
+    _check_fields_of_other_models(config.model)
     optim.check_config(config.optimizer)
     dataset.check_config(config.data)
     augment.from_config(config.augment)
@@ -49,6 +51,13 @@ def check_train_config(config, workdir: str | None = None) -> None:
             f"--config.early_stopping.target_accuracy={target} must be in [0, 1], e.g. 0.9885 "
             "(0: no target)."
         )
+    for flag, value, zero in (
+        ("steps_per_dispatch", config.steps_per_dispatch, "50 on accelerators"),
+        ("bn_recalibration_batches", config.bn_recalibration_batches, "no recalibration"),
+        ("checkpoint.keep_epochs", config.checkpoint.keep_epochs, "none kept but best and latest"),
+    ):
+        if value < 0:
+            raise errors.ConfigError(f"--config.{flag}={value} must be 0 or more (0: {zero}).")
     if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
         raise errors.ConfigError(
             f"--config.ema_decay={config.ema_decay} must be in [0, 1), e.g. 0.9995 (0: off)."
@@ -62,6 +71,40 @@ def check_train_config(config, workdir: str | None = None) -> None:
         )
     if config.init_checkpoint and not (workdir and checkpointing.has_checkpoints(workdir)):
         _check_init_checkpoint(config.init_checkpoint, str(config.init_checkpoint_step))
+
+
+def _defaults(model_class) -> dict:
+    """{field: default} of a model, sequences as tuples (a config read from JSON has lists)."""
+    return {
+        f.name: _hashable(f.default)
+        for f in dataclasses.fields(model_class)
+        if f.default is not dataclasses.MISSING
+    }
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _check_fields_of_other_models(model_config) -> None:
+    """A field that only other models have is refused when set to a value none of them has as
+    its default: the chosen model would ignore it. Default values are let through, because a
+    config cannot drop a field from the command line (configs/default.py's seed_cnn fields are
+    in every config, configs/multi_head_resnet.py's under --config.model.name=seed_cnn)."""
+    chosen = _defaults(models.MODELS[model_config.name])
+    others = {
+        name: _defaults(cls) for name, cls in models.MODELS.items() if name != model_config.name
+    }
+    for field, value in model_config.items():
+        owners = {name: d[field] for name, d in others.items() if field in d}
+        if field == "name" or field in chosen or not owners:
+            continue
+        if _hashable(value) not in owners.values():
+            raise errors.ConfigError(
+                f"--config.model.{field}={value} is a field of {', '.join(owners)}, not of "
+                f"--config.model.name={model_config.name}, which would ignore it; leave it at "
+                f"its default ({' or '.join(map(str, owners.values()))}) or choose that model."
+            )
 
 
 def _check_init_checkpoint(workdir: str, which: str) -> None:

@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from fashion_jax import errors
 from fashion_jax import logging_setup
 from fashion_jax import models
 from fashion_jax.data import dataset
@@ -25,6 +24,7 @@ from fashion_jax.data import input_pipeline
 from fashion_jax.training import batch_norm
 from fashion_jax.training import checkpointing
 from fashion_jax.training import config_checks
+from fashion_jax.training import faults
 from fashion_jax.training import lengths
 from fashion_jax.training import losses as losses_lib
 from fashion_jax.training import metric_writers
@@ -84,16 +84,41 @@ class _Run:
     rng: jax.Array
     parameter_counts: dict
     writer: metric_writers.NoOpWriter = dataclasses.field(default_factory=metric_writers.NoOpWriter)
+    preemption: faults.PreemptionWatch = dataclasses.field(default_factory=faults.PreemptionWatch)
     compiled: bool = False  # Whether the train step has run (compiled) in this process.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`; returns the summary written to summary.json."""
+    """Trains (or resumes) in `workdir`; returns the summary written to summary.json.
+
+    Holds the workdir's lock throughout; a SIGTERM saves at the current step and raises
+    PreemptedError, a full disk raises DiskFullError (faults.py)."""
     config_checks.check_train_config(config, workdir)
     dp = parallel.DataParallel.over_all_devices()
     dp.check_batch_size(config.batch_size, "--config.batch_size")
-    run, state = _set_up(config, workdir, dp)
+    lock = faults.lock_workdir(workdir)
+    try:
+        with (
+            faults.disk_full_stops(workdir),
+            faults.peer_loss_stops(workdir),
+            faults.PreemptionWatch() as preemption,
+        ):
+            run, state = _set_up(config, workdir, dp)
+            run.preemption = preemption
+            try:
+                return _train(run, state)
+            except BaseException as e:
+                if not faults.is_peer_lost(e):  # Saves wait at barriers for every process.
+                    faults.finish_saves(run.manager)
+                raise
+    finally:
+        if lock:
+            lock.release()
+
+
+def _train(run: "_Run", state) -> dict:
     state, progress, step = _resume(run, state)
+    workdir = run.workdir
     run.writer = metric_writers.create_default_writer(workdir, run.is_main, resumed_step=step)
     if not step:
         run.writer.write_hparams(run_files.flatten_config(run.config))
@@ -102,6 +127,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, step, sums, timing = _run_epoch(run, state, progress, step, epoch)
         state = _end_epoch(run, state, progress, step, epoch, sums, timing)
         epoch += 1
+        more = not progress["early_stopped"] and epoch < run.config.num_epochs
+        if more and run.preemption.requested():  # The epoch end has just been saved.
+            run.manager.wait_until_finished()
+            run.preemption.stop(workdir, step)
     return _summarise(run, state, progress)
 
 
@@ -198,16 +227,16 @@ def _resolved(config, data: dataset.FashionData) -> ml_collections.ConfigDict:
 
 
 def _resume(run: _Run, state):
-    """(state, progress, step): the latest checkpoint's if the workdir has one, else fresh."""
+    """(state, progress, step): the newest readable checkpoint's if the workdir has one, else
+    fresh. Unreadable newer ones (a file cut short) are moved aside with a warning."""
     manager = run.manager
     if manager.latest_step() is None:
         return state, run_progress.new_progress(), 0
-    step = manager.latest_step()
     run_progress.warn_about_config_changes(
         checkpointing.run_metadata(manager).get("config"), run.config
     )
-    tree, progress = checkpointing.restore(
-        manager, step, checkpointing.abstract_tree(state_lib.state_tree(state))
+    step, tree, progress = checkpointing.restore_newest_readable(
+        manager, run.workdir, checkpointing.abstract_tree(state_lib.state_tree(state))
     )
     # Early stopping is re-judged with this run's patience and target, so a stopped run can be
     # continued with more patience (and more epochs).
@@ -257,17 +286,25 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
         images += len(indices) * config.batch_size
         bar.update(len(indices) * config.batch_size)
         last_of_epoch = chunk_start + len(indices) == run.steps_per_epoch
-        if _crossed(previous_step, step, run.lengths.log_every_steps) or last_of_epoch:
+        log = _crossed(previous_step, step, run.lengths.log_every_steps) or last_of_epoch
+        save = _crossed(previous_step, step, run.lengths.checkpoint_every_steps)
+        # A SIGTERM at the epoch's last step is saved by the epoch end.
+        stop = not last_of_epoch and run.preemption.requested()
+        if log or save or stop:
             host_sums = run.dp.to_host(sums)
-            _check_finite(host_sums, step, epoch)
+            faults.check_finite_loss(host_sums, step, epoch, run.manager)
+        if log:
             logged_sums, logged_time = _log_interval(
                 run, step, host_sums, logged_sums, logged_time, uncounted
             )
             uncounted = (0.0, 0)
             bar.set_postfix(loss=f"{host_sums['loss_sum'] / host_sums['count']:.4f}")
-        if _crossed(previous_step, step, run.lengths.checkpoint_every_steps) and not last_of_epoch:
-            progress["partial_sums"] = {k: float(v) for k, v in run.dp.to_host(sums).items()}
-            checkpointing.save(run.manager, step, state_lib.state_tree(state), progress)
+        if (save or stop) and not last_of_epoch:
+            progress["partial_sums"] = {k: float(v) for k, v in host_sums.items()}
+            _save(run, step, state, progress)
+        if stop:
+            run.manager.wait_until_finished()
+            run.preemption.stop(run.workdir, step)
     bar.close()
     seconds = time.time() - start
     timing = {
@@ -325,10 +362,10 @@ def _end_epoch(run: _Run, state, progress: dict, step: int, epoch: int, sums, ti
         epoch + 1, step, train_metrics, val_metrics, float(run.learning_rate_fn(step)), timing
     )
     run_progress.record_epoch(progress, record, config.early_stopping)
-    checkpointing.save(
-        run.manager,
+    _save(
+        run,
         step,
-        state_lib.state_tree(state),
+        state,
         progress,
         metrics={"monitored": record[config.early_stopping.monitor], "epoch": epoch + 1},
     )
@@ -410,10 +447,8 @@ def _crossed(previous_step: int, step: int, every: int) -> bool:
     return step // every > previous_step // every
 
 
-def _check_finite(host_sums, step, epoch):
-    if not np.isfinite(host_sums["loss_sum"]):
-        raise errors.NonFiniteLossError(
-            f"Training loss became {host_sums['loss_sum']} by step {step} (epoch {epoch + 1}). "
-            "Lower --config.optimizer.learning_rate or check the input data; the last good "
-            "checkpoint is kept in the workdir."
-        )
+def _save(run: _Run, step: int, state, progress: dict, metrics: dict | None = None):
+    """Every checkpoint goes through here: a state with a NaN or inf is never saved."""
+    tree = state_lib.state_tree(state)
+    faults.check_finite_state(tree, step, run.manager)
+    checkpointing.save(run.manager, step, tree, progress, metrics=metrics)
