@@ -40,19 +40,23 @@ def test_speed_net_gives_logits_per_head_at_80x60():
     assert {k: v.shape for k, v in out.items()} == {"masterCategory": (2, 5), "gender": (2, 3)}
 
 
-def test_a_tiny_speedrun_learns(tmp_path, cache_dir):
-    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=80)
-    config = override(
+def tiny_speedrun(tmp_path, rows_per_class: int, **fields):
+    """configs/speedrun.py at batch 16 on a synthetic dataset of four colour-coded classes."""
+    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=rows_per_class)
+    return override(
         speedrun.get_config(),
         **{
             "data.data_dir": str(data),
             "batch_size": 16,
             "optimizer.reference_batch_size": 16,
-            "num_epochs": 5,
-            "bn_recalibration_batches": 4,
             "progress_bar": False,
+            **fields,
         },
     )
+
+
+def test_a_tiny_speedrun_learns(tmp_path, cache_dir):
+    config = tiny_speedrun(tmp_path, 80, num_epochs=5, bn_recalibration_batches=4)
     summary = train.train_and_evaluate(config, str(tmp_path / "run"))
     # Four colour-coded classes: chance is 25%.
     assert summary["val_accuracy"] >= 0.75, summary
@@ -61,19 +65,13 @@ def test_a_tiny_speedrun_learns(tmp_path, cache_dir):
 
 def test_a_run_stops_after_the_first_epoch_reaching_its_target_accuracy(tmp_path, cache_dir):
     """early_stopping.target_accuracy, with the validation's flip test-time augmentation on."""
-    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=40)
-    config = override(
-        speedrun.get_config(),
-        **{
-            "data.data_dir": str(data),
-            "batch_size": 16,
-            "optimizer.reference_batch_size": 16,
-            "num_epochs": 8,
-            "bn_recalibration_batches": 2,
-            "early_stopping.target_accuracy": 0.6,
-            "val_tta": "flip",
-            "progress_bar": False,
-        },
+    config = tiny_speedrun(
+        tmp_path,
+        40,
+        num_epochs=8,
+        bn_recalibration_batches=2,
+        val_tta="flip",
+        **{"early_stopping.target_accuracy": 0.6},
     )
     summary = train.train_and_evaluate(config, str(tmp_path / "run"))
     val = [r["val_accuracy"] for r in run_files.read_metrics(tmp_path / "run")]
