@@ -8,10 +8,10 @@ import pytest
 from fashion_jax import errors
 from fashion_jax import models
 from fashion_jax.data import input_pipeline
+from fashion_jax.training import faults
 from fashion_jax.training import optim
 from fashion_jax.training import state as state_lib
 from fashion_jax.training import steps
-from fashion_jax.training import train
 from tests.conftest import make_state
 from tests.conftest import synthetic_batch
 from tests.conftest import tiny_config
@@ -101,9 +101,17 @@ def test_train_indices_cover_the_epoch_with_fixed_shapes():
     assert [i.shape for _, i in chunked] == [(2, 4), (1, 4)]
 
 
-def test_nan_loss_stops_with_a_clear_message():
-    with pytest.raises(errors.NonFiniteLossError, match="learning_rate"):
-        train._check_finite({"loss_sum": np.float32(np.nan), "count": 1.0}, step=7, epoch=0)
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    class NoSaves:  # A manager with nothing on disk.
+        directory = tmp_path / "checkpoints"
+
+        def wait_until_finished(self):
+            pass
+
+    with pytest.raises(errors.NonFiniteLossError, match="step 7 .*learning_rate.*no checkpoint"):
+        faults.check_finite_loss(
+            {"loss_sum": np.float32(np.nan), "count": 1.0}, step=7, epoch=0, manager=NoSaves()
+        )
 
 
 def test_bfloat16_compute_tracks_float32_and_keeps_float32_parameters():
