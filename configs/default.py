@@ -111,10 +111,15 @@ def get_config():
     # each photo's and its mirror's probabilities; for --config.augment.flip models).
     config.val_tta = "none"
     config.num_epochs = 50
-    # "auto": keep the uint8 training images on the accelerator (not on CPU) and run
-    # steps_per_dispatch steps per call with lax.scan (0: 50 on accelerators; always 1 on host data).
+    # "auto": keep the uint8 training and validation images on the accelerator (not on CPU) and run
+    # steps_per_dispatch steps per call with lax.scan (0: 50 on accelerators; always 1 on host data);
+    # precise BN and validation then run there too, one compiled loop each.
     config.data_on_device = "auto"
     config.steps_per_dispatch = 0
+    # Compiled steps are kept on disk (JAX's persistent compilation cache), so a second run of the
+    # same model and shapes, or a resumed one, does not compile again: "" = jax_compilation/ in
+    # $FASHION_CACHE_DIR or ~/.cache/fashion_jax, "none" = off, else that folder.
+    config.compilation_cache_dir = ""
 
     config.early_stopping = ml_collections.ConfigDict()
     config.early_stopping.monitor = "val_loss"  # Or "train_loss", as the study did.

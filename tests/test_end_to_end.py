@@ -124,7 +124,12 @@ def test_device_data_with_several_steps_per_dispatch_matches_host_data(
         return save(manager, step, *args, **kwargs)
 
     monkeypatch.setattr(checkpointing, "save", recording_save)
-    common = {"num_epochs": 2, "checkpoint.every_steps": 3, "early_stopping.restore_best": False}
+    common = {
+        "num_epochs": 2,
+        "checkpoint.every_steps": 3,
+        "early_stopping.restore_best": False,
+        "bn_recalibration_batches": 2,  # On device: gathered and averaged there.
+    }
     host = train.train_and_evaluate(tiny_config(synthetic_data, **common), str(tmp_path / "host"))
     device = train.train_and_evaluate(
         tiny_config(synthetic_data, data_on_device="true", steps_per_dispatch=2, **common),
@@ -134,8 +139,10 @@ def test_device_data_with_several_steps_per_dispatch_matches_host_data(
     assert device["val_loss"] == pytest.approx(host["val_loss"], rel=1e-4)
     history_host = run_files.read_metrics(tmp_path / "host")
     history_device = run_files.read_metrics(tmp_path / "device")
-    for a, b in zip(history_host, history_device):
+    for a, b in zip(history_host, history_device, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+        assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 1 / host["val_images"]
     # Checkpoints due inside a chunk are written at its end (the state exists only there), as
     # they happen: mid-epoch ones are deleted at the epoch end, so a final listing cannot show it.
     epoch_ends = [r["step"] for r in history_host]

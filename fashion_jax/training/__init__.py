@@ -2,6 +2,8 @@
 
 train.py           the run, as a few named steps
 steps.py           the jitted train and eval steps and what runs them over the data
+epoch_end.py       precise BN, validation, early stopping, checkpoint, metrics and curves
+compilation_cache.py  JAX's persistent compilation cache (compiled steps kept on disk)
 state.py           TrainState (BatchNorm statistics, weight average), initialisation
 losses.py          cross-entropy of one or several heads, class weights, label smoothing
 optim.py           optax schedules and optimizers, the learning rate's batch-size rule

@@ -11,6 +11,7 @@ training loss only: evaluation uses `spec.for_evaluation()`, the plain cross-ent
 
 import dataclasses
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +145,31 @@ def summarize(sums: dict) -> dict:
                 result[f"accuracy/{head}"] = float(sums[key]) / labelled
                 result[f"loss/{head}"] = float(sums[f"loss_sum/{head}"]) / labelled
     return result
+
+
+def spec_for_data(config, data) -> "LossSpec":
+    """The training loss of a run: heads, their loss weights and (optional) class weights from
+    the training labels of `data` (dataset.FashionData)."""
+    heads = tuple(data.heads) if data.heads else (config.data.label_column,)
+    labels = data.subsets["train"].labels
+    labels = labels[:, None] if labels.ndim == 1 else labels
+    sizes = [len(c) for c in data.heads.values()] if data.heads else [len(data.class_names)]
+    class_weights = tuple(
+        class_weights_for(labels[:, n], size, config.loss.class_weighting)
+        for n, size in enumerate(sizes)
+    )
+    if all(w is None for w in class_weights):
+        class_weights = None
+    else:
+        logging.info(
+            "Class weights of the training loss (%s): %s",
+            config.loss.class_weighting,
+            class_weights[0],
+        )
+    return LossSpec(
+        heads=heads,
+        head_weights=tuple(config.loss.head_weights),
+        multi_head=bool(data.heads),
+        class_weights=class_weights,
+        label_smoothing=float(config.loss.label_smoothing),
+    )

@@ -1,5 +1,5 @@
 """What a person reads in a workdir: the resolved config, metrics.jsonl, curves.png (redrawn at
-every epoch end) and summary.json."""
+every epoch end, in the background) and summary.json."""
 
 import json
 import os
@@ -48,14 +48,13 @@ def write_json(workdir: str, name: str, value: dict):
 
 
 def plot_curves(history: list, path: str, title: str = ""):
-    """Loss and accuracy per epoch, train and validation, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss and accuracy per epoch, train and validation, in one PNG, replaced whole. Without
+    pyplot's global state, so that it can draw in a background thread."""
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for split, style in (("train", "-o"), ("val", "-s")):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split)
         ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in history], style, label=split)
@@ -67,5 +66,5 @@ def plot_curves(history: list, path: str, title: str = ""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path + ".tmp", dpi=100, format="png")
+    os.replace(path + ".tmp", path)

@@ -64,6 +64,35 @@ def train_step(
 
 def train_steps_on_device_data(
     state: TrainState,
+    sums,
+    images,
+    labels,
+    indices,
+    valid,
+    rng,
+    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+):
+    """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
+    device-resident uint8 `images` and `labels` by a row of `indices` [k, B]; returns (state,
+    `sums` + the steps' metric sums). Steps whose `valid` [k] is False pad a shorter chunk (an
+    epoch's last) to k, so that every chunk compiles once: they change neither state nor sums."""
+
+    def one_step(carry, step):
+        state, sums = carry
+        batch_indices, is_valid = step
+        batch = {"image": images[batch_indices], "label": labels[batch_indices]}
+        new_state, metrics = train_step(state, batch, rng, loss_spec, augment)
+        keep = functools.partial(jnp.where, is_valid)  # Exactly the old values when invalid.
+        state = jax.tree.map(keep, new_state, state)
+        return (state, jax.tree.map(keep, sum_metrics(sums, metrics), sums)), None
+
+    (state, sums), _ = jax.lax.scan(one_step, (state, sums), (indices, valid))
+    return state, sums
+
+
+def zero_train_sums(
+    state: TrainState,
     images,
     labels,
     indices,
@@ -71,20 +100,12 @@ def train_steps_on_device_data(
     loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
 ):
-    """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
-    device-resident uint8 `images` and `labels` by a row of `indices` [k, B]."""
-
-    def one_step(state, batch_indices):
-        return train_step(
-            state,
-            {"image": images[batch_indices], "label": labels[batch_indices]},
-            rng,
-            loss_spec,
-            augment,
-        )
-
-    state, metrics = jax.lax.scan(one_step, state, indices)
-    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+    """Zeros shaped like train_step's metrics: an epoch's sums before its first step."""
+    batch = {"image": images[indices[0]], "label": labels[indices[0]]}
+    shapes = jax.eval_shape(
+        functools.partial(train_step, loss_spec=loss_spec, augment=augment), state, batch, rng
+    )[1]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def eval_step(
@@ -109,13 +130,32 @@ def sum_metrics(total, new):
     return jax.tree.map(jnp.add, total, new)
 
 
+def eval_on_device_data(
+    state: TrainState,
+    batches: dict,
+    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    tta: str = "none",
+):
+    """eval_step's metrics summed over device-resident padded `batches` (image, label, mask,
+    each [batches, B, ...]) in one dispatch (lax.scan), in the host loop's order."""
+    step = functools.partial(eval_step, loss_spec=loss_spec, tta=tta)
+    first = jax.tree.map(lambda x: x[0], batches)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, state, first))
+    total, _ = jax.lax.scan(
+        lambda sums, b: (sum_metrics(sums, step(state, b)), None), zeros, batches
+    )
+    return total
+
+
 class TrainStepRunner:
-    """Runs the train steps of a chunk of batch indices [k, rows].
+    """Runs the train steps of a chunk of batch indices [k, rows], adding their metrics to the
+    epoch's sums.
 
     Host data (the CPU default): one step per call, the batch gathered on the host and sent
     explicitly. Device data (accelerators: the uint8 training images fit in any GPU's memory):
-    the arrays are sent once, and k steps run per dispatch (lax.scan), so Python is not in the
-    loop per step.
+    the arrays are sent once, and steps_per_dispatch steps run per dispatch (lax.scan), shorter
+    chunks padded with steps that change nothing, so Python is not in the loop per step and the
+    scan compiles once.
     """
 
     def __init__(
@@ -124,27 +164,30 @@ class TrainStepRunner:
         subset: dataset.Subset,
         config,
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+        steps_per_epoch: int | None = None,
     ):
         self.dp, self.subset = data_parallel, subset
         augment = augment_lib.from_config(config.augment)
         choice = str(config.data_on_device).lower()
         self.on_device = (jax.default_backend() != "cpu") if choice == "auto" else choice == "true"
         self.steps_per_dispatch = (config.steps_per_dispatch or 50) if self.on_device else 1
+        # Chunks never cross an epoch end: longer ones would be mostly padding.
+        self.steps_per_dispatch = min(self.steps_per_dispatch, steps_per_epoch or 1 << 30)
         replicated = data_parallel.replicated
+        self._sum = jax.jit(sum_metrics, out_shardings=replicated)
         if self.on_device:
             self.images = data_parallel.replicate(subset.images)
             self.labels = data_parallel.replicate(subset.labels)
+            options = {"loss_spec": loss_spec, "augment": augment}
             self._run = jax.jit(
-                functools.partial(train_steps_on_device_data, loss_spec=loss_spec, augment=augment),
-                donate_argnums=(0,),
-                in_shardings=(
-                    replicated,
-                    replicated,
-                    replicated,
-                    data_parallel.chunk_sharded,
-                    replicated,
-                ),
+                functools.partial(train_steps_on_device_data, **options),
+                donate_argnums=(0, 1),
+                in_shardings=(replicated, replicated, replicated, replicated)
+                + (data_parallel.chunk_sharded, replicated, replicated),
                 out_shardings=(replicated, replicated),
+            )
+            self._zero_sums = jax.jit(
+                functools.partial(zero_train_sums, **options), out_shardings=replicated
             )
         else:
             self._run = jax.jit(
@@ -154,22 +197,38 @@ class TrainStepRunner:
                 out_shardings=(replicated, replicated),
             )
 
-    def __call__(self, state: TrainState, indices, rng):
+    def __call__(self, state: TrainState, sums, indices, rng):
+        """(state, sums + the chunk's metric sums); `sums` None at an epoch's start."""
         if self.on_device:
-            device_indices = self.dp.shard_chunk(indices.astype(np.int32))  # Explicit transfer.
-            with jax.transfer_guard("disallow"):
-                return self._run(state, self.images, self.labels, device_indices, rng)
+            return self._run_on_device(state, sums, indices, rng)
         if len(indices) != 1:
             raise ValueError("host data runs one step per dispatch")
         device_batch = self.dp.shard_batch(
             {"image": self.subset.images[indices[0]], "label": self.subset.labels[indices[0]]}
         )
         with jax.transfer_guard("disallow"):
-            return self._run(state, device_batch, rng)
+            state, metrics = self._run(state, device_batch, rng)
+            return state, metrics if sums is None else self._sum(sums, metrics)
+
+    def _run_on_device(self, state: TrainState, sums, indices, rng):
+        steps = len(indices)
+        if steps > self.steps_per_dispatch:
+            raise ValueError(f"{steps} steps in a chunk of at most {self.steps_per_dispatch}")
+        padded = np.zeros((self.steps_per_dispatch, indices.shape[1]), np.int32)
+        padded[:steps] = indices
+        device_indices = self.dp.shard_chunk(padded)  # Explicit transfers.
+        valid = self.dp.replicate(np.arange(self.steps_per_dispatch) < steps)
+        with jax.transfer_guard("disallow"):
+            if sums is None:
+                sums = self._zero_sums(state, self.images, self.labels, device_indices, rng)
+            return self._run(state, sums, self.images, self.labels, device_indices, valid, rng)
 
 
 class SubsetMetrics:
-    """Loss and accuracy of a state on a subset: padded, masked batches, each image counted once."""
+    """Loss and accuracy of a state on a subset: padded, masked batches, each image counted once.
+
+    With `on_device`, a subset's batches are sent once (on its first evaluation) and evaluated in
+    one dispatch; else each batch is sent from the host."""
 
     def __init__(
         self,
@@ -177,21 +236,40 @@ class SubsetMetrics:
         batch_size: int,
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
         tta: str = "none",
+        on_device: bool = False,
     ):
         data_parallel.check_batch_size(batch_size, "--config.eval_batch_size")
-        self.dp, self.batch_size = data_parallel, batch_size
+        self.dp, self.batch_size, self.on_device = data_parallel, batch_size, on_device
         self.rows = data_parallel.process_rows(batch_size)
+        replicated = data_parallel.replicated
         self._step = jax.jit(
-            functools.partial(eval_step, loss_spec=loss_spec, tta=tta),
-            out_shardings=data_parallel.replicated,
+            functools.partial(eval_step, loss_spec=loss_spec, tta=tta), out_shardings=replicated
         )
-        self._sum = jax.jit(sum_metrics, out_shardings=data_parallel.replicated)
+        self._sum = jax.jit(sum_metrics, out_shardings=replicated)
+        self._on_device = jax.jit(
+            functools.partial(eval_on_device_data, loss_spec=loss_spec, tta=tta),
+            in_shardings=(replicated, data_parallel.chunk_sharded),
+            out_shardings=replicated,
+        )
+        self._sent = (None, None)  # (subset, its batches on the devices)
 
     def __call__(self, state: TrainState, subset: dataset.Subset) -> dict:
-        total = None
-        for batch in input_pipeline.eval_batches(
+        # Only what eval_step reads, so that a restored state (its step not weakly typed, as a
+        # trained one's is) does not compile the evaluation again.
+        state = state.replace(step=None, opt_state=None, ema_params=None, ema_batch_stats=None)
+        batches = input_pipeline.eval_batches(
             subset.images, subset.labels, self.batch_size, self.rows
-        ):
+        )
+        if self.on_device:
+            if self._sent[0] is not subset:
+                batches = list(batches)
+                stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+                self._sent = (subset, {k: self.dp.shard_chunk(v) for k, v in stacked.items()})
+            with jax.transfer_guard("disallow"):
+                total = self._on_device(state, self._sent[1])
+            return losses_lib.summarize(self.dp.to_host(total))
+        total = None
+        for batch in batches:
             metrics = self._step(state, self.dp.shard_batch(batch))
             total = metrics if total is None else self._sum(total, metrics)
         return losses_lib.summarize(self.dp.to_host(total))

@@ -1,14 +1,13 @@
 """The training run: `train_and_evaluate(config, workdir)`.
 
-It reads as its steps: check the config, set up (data, model, state, checkpoints, writers),
-resume if the workdir has checkpoints, then per epoch train and end the epoch (precise BN,
-validate, early stopping, checkpoint, metrics, curves), and summarise. Running it again on the
+It reads as its steps: check the config, set up (data, model, state, checkpoints, writers, the
+compilation cache), resume if the workdir has checkpoints, then per epoch train and end the epoch
+(epoch_end.py: precise BN, validate, early stopping, checkpoint, metrics, curves), and summarise. Running it again on the
 same workdir resumes from the latest checkpoint and ends with the same parameters as an
 uninterrupted run.
 """
 
 import dataclasses
-import os
 import time
 
 from absl import logging
@@ -23,7 +22,9 @@ from fashion_jax.data import dataset
 from fashion_jax.data import input_pipeline
 from fashion_jax.training import batch_norm
 from fashion_jax.training import checkpointing
+from fashion_jax.training import compilation_cache
 from fashion_jax.training import config_checks
+from fashion_jax.training import epoch_end
 from fashion_jax.training import faults
 from fashion_jax.training import lengths
 from fashion_jax.training import losses as losses_lib
@@ -34,33 +35,6 @@ from fashion_jax.training import run_files
 from fashion_jax.training import run_progress
 from fashion_jax.training import state as state_lib
 from fashion_jax.training import steps
-
-
-def create_loss_spec(config, data: dataset.FashionData) -> losses_lib.LossSpec:
-    """Heads, their loss weights and (optional) class weights from the training labels."""
-    heads = tuple(data.heads) if data.heads else (config.data.label_column,)
-    labels = data.subsets["train"].labels
-    labels = labels[:, None] if labels.ndim == 1 else labels
-    sizes = [len(c) for c in data.heads.values()] if data.heads else [len(data.class_names)]
-    class_weights = tuple(
-        losses_lib.class_weights_for(labels[:, n], size, config.loss.class_weighting)
-        for n, size in enumerate(sizes)
-    )
-    if all(w is None for w in class_weights):
-        class_weights = None
-    else:
-        logging.info(
-            "Class weights of the training loss (%s): %s",
-            config.loss.class_weighting,
-            class_weights[0],
-        )
-    return losses_lib.LossSpec(
-        heads=heads,
-        head_weights=tuple(config.loss.head_weights),
-        multi_head=bool(data.heads),
-        class_weights=class_weights,
-        label_smoothing=float(config.loss.label_smoothing),
-    )
 
 
 @dataclasses.dataclass
@@ -78,13 +52,14 @@ class _Run:
     lengths: lengths.RunLengths
     run_steps: steps.TrainStepRunner
     evaluate: steps.SubsetMetrics
-    sum_metrics: object
+    recalibrate_on_device: batch_norm.DeviceRecalibration | None
     sampling: np.ndarray | None
     manager: object
     rng: jax.Array
     parameter_counts: dict
     writer: metric_writers.NoOpWriter = dataclasses.field(default_factory=metric_writers.NoOpWriter)
     preemption: faults.PreemptionWatch = dataclasses.field(default_factory=faults.PreemptionWatch)
+    plotter: epoch_end.CurvePlotter = dataclasses.field(default_factory=epoch_end.CurvePlotter)
     compiled: bool = False  # Whether the train step has run (compiled) in this process.
 
 
@@ -96,6 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_checks.check_train_config(config, workdir)
     dp = parallel.DataParallel.over_all_devices()
     dp.check_batch_size(config.batch_size, "--config.batch_size")
+    compilation_cache.configure(config.get("compilation_cache_dir", ""))
     lock = faults.lock_workdir(workdir)
     try:
         with (
@@ -111,6 +87,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if not faults.is_peer_lost(e):  # Saves wait at barriers for every process.
                     faults.finish_saves(run.manager)
                 raise
+            finally:
+                run.plotter.close()
     finally:
         if lock:
             lock.release()
@@ -125,7 +103,7 @@ def _train(run: "_Run", state) -> dict:
     epoch = step // run.steps_per_epoch
     while not progress["early_stopped"] and epoch < run.config.num_epochs:
         state, step, sums, timing = _run_epoch(run, state, progress, step, epoch)
-        state = _end_epoch(run, state, progress, step, epoch, sums, timing)
+        state = epoch_end.end_epoch(run, state, progress, step, epoch, sums, timing)
         epoch += 1
         more = not progress["early_stopped"] and epoch < run.config.num_epochs
         if more and run.preemption.requested():  # The epoch end has just been saved.
@@ -150,7 +128,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
     )
     image_shape = train.images.shape[1:]
     model = models.create_model(config.model, models.output_classes(data.class_names, data.heads))
-    loss_spec = create_loss_spec(config, data)
+    loss_spec = losses_lib.spec_for_data(config, data)
     steps_per_epoch = input_pipeline.steps_per_epoch(len(train), config.batch_size)
     run_lengths = lengths.resolve(config, len(train), config.batch_size)
     learning_rate_fn = optim.create_learning_rate_fn(
@@ -177,7 +155,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         models.initial_params(config.model, train.images) if fresh else None,
     )
     parameter_counts = state_lib.count_parameters(state)
-    run_steps = steps.TrainStepRunner(dp, train, config, loss_spec)
+    run_steps = steps.TrainStepRunner(dp, train, config, loss_spec, steps_per_epoch)
     logging.info(
         "Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",
         parameter_counts,
@@ -208,9 +186,15 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         lengths=run_lengths,
         run_steps=run_steps,
         evaluate=steps.SubsetMetrics(
-            dp, config.eval_batch_size, loss_spec, config.get("val_tta", "none")
+            dp,
+            config.eval_batch_size,
+            loss_spec,
+            config.get("val_tta", "none"),
+            on_device=run_steps.on_device,
         ),
-        sum_metrics=jax.jit(steps.sum_metrics, out_shardings=dp.replicated),
+        recalibrate_on_device=batch_norm.DeviceRecalibration(model, run_steps.images, dp)
+        if run_steps.on_device and config.bn_recalibration_batches
+        else None,
         sampling=input_pipeline.sampling_probabilities(train.labels, config.data.sampling),
         manager=checkpointing.create_manager(workdir, config.checkpoint.keep_epochs, meta),
         rng=jax.jit(lambda: jax.random.key(config.seed), out_shardings=dp.replicated)(),
@@ -275,13 +259,12 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
         run.sampling,
     ):
         call_start = time.time()
-        state, metrics = run.run_steps(state, indices, run.rng)
+        state, sums = run.run_steps(state, sums, indices, run.rng)
         if not run.compiled:  # The first call compiles: timed apart, left out of img/s.
-            jax.block_until_ready(metrics)
+            jax.block_until_ready(sums)
             compile_seconds = time.time() - call_start
             compile_images, run.compiled = len(indices) * config.batch_size, True
             uncounted = (compile_seconds, compile_images)
-        sums = metrics if sums is None else run.sum_metrics(sums, metrics)
         previous_step, step = step, step + len(indices)
         images += len(indices) * config.batch_size
         bar.update(len(indices) * config.batch_size)
@@ -301,7 +284,7 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
             bar.set_postfix(loss=f"{host_sums['loss_sum'] / host_sums['count']:.4f}")
         if (save or stop) and not last_of_epoch:
             progress["partial_sums"] = {k: float(v) for k, v in host_sums.items()}
-            _save(run, step, state, progress)
+            epoch_end.save(run, step, state, progress)
         if stop:
             run.manager.wait_until_finished()
             run.preemption.stop(run.workdir, step)
@@ -330,67 +313,11 @@ def _log_interval(run: _Run, step, host_sums, logged_sums, logged_time, uncounte
             {
                 "train/loss": numbers["loss"],
                 "train/accuracy": numbers["accuracy"],
-                "train/learning_rate": float(run.learning_rate_fn(step)),
+                "train/learning_rate": epoch_end.learning_rate(run, step),
                 "train/images_per_second": images / seconds if images > 0 else 0.0,
             },
         )
     return {k: float(v) for k, v in host_sums.items()}, now
-
-
-def _end_epoch(run: _Run, state, progress: dict, step: int, epoch: int, sums, timing: dict):
-    """Precise BN (for the evaluated parameters), validation, early stopping, checkpoint, and
-    everything a person watches: metrics.jsonl, TensorBoard, the log line and curves.png."""
-    config = run.config
-    end_start = time.time()
-    if config.bn_recalibration_batches:
-        recalibrated = batch_norm.recalibrate_train_state(
-            state.for_evaluation(),
-            run.model,
-            run.data.subsets["train"].images,
-            config.bn_recalibration_batches,
-            config.batch_size,
-            config.seed,
-            epoch,
-            run.dp,
-        )
-        state = state.with_evaluation_batch_stats(recalibrated.batch_stats)
-    train_metrics = losses_lib.summarize(run.dp.to_host(sums))
-    val_metrics = run.evaluate(state.for_evaluation(), run.data.subsets["val"])
-    # Precise BN and validation, so that time to accuracy counts what it takes to know it.
-    timing = dict(timing, epoch_end_seconds=time.time() - end_start)
-    record = run_progress.epoch_record(
-        epoch + 1, step, train_metrics, val_metrics, float(run.learning_rate_fn(step)), timing
-    )
-    run_progress.record_epoch(progress, record, config.early_stopping)
-    _save(
-        run,
-        step,
-        state,
-        progress,
-        metrics={"monitored": record[config.early_stopping.monitor], "epoch": epoch + 1},
-    )
-    run.writer.write_scalars(step, run_progress.epoch_scalars(record))
-    run.writer.flush()
-    if run.is_main:
-        run_files.write_metrics(run.workdir, progress["history"])
-        run_files.plot_curves(
-            progress["history"],
-            os.path.join(run.workdir, run_files.CURVES_FILE),
-            title=f"{config.optimizer.name} - {run.workdir}",
-        )
-    logging.info(
-        "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s "
-        "(first step %.1f s)%s",
-        epoch + 1,
-        record["train_loss"],
-        record["train_accuracy"],
-        record["val_loss"],
-        record["val_accuracy"],
-        record["images_per_second"],
-        record["compile_seconds"],
-        " | early stop" if progress["early_stopped"] else "",
-    )
-    return state
 
 
 def _summarise(run: _Run, state, progress: dict) -> dict:
@@ -445,10 +372,3 @@ def _summarise(run: _Run, state, progress: dict) -> dict:
 def _crossed(previous_step: int, step: int, every: int) -> bool:
     """Whether a multiple of `every` lies in (previous_step, step]."""
     return step // every > previous_step // every
-
-
-def _save(run: _Run, step: int, state, progress: dict, metrics: dict | None = None):
-    """Every checkpoint goes through here: a state with a NaN or inf is never saved."""
-    tree = state_lib.state_tree(state)
-    faults.check_finite_state(tree, step, run.manager)
-    checkpointing.save(run.manager, step, tree, progress, metrics=metrics)
