@@ -29,11 +29,11 @@ def test_padding_steps_change_neither_state_nor_sums():
     state = make_state()
     batch = synthetic_batch(n=24)
     run = jax.jit(steps.train_steps_on_device_data)
-    sums = {"loss_sum": 1.5, "correct": 2.0, "count": 3.0}
-    sums = {k: np.float32(v) for k, v in sums.items()}
     indices = np.arange(16, dtype=np.int32).reshape(2, 8)
     args = (batch["image"], batch["label"], indices)
     rng = jax.random.key(0)
+    zeros = jax.jit(steps.zero_train_sums)(state, *args, rng)
+    sums = jax.tree.map(lambda z: z + 3, zeros)  # As if 3 were summed before.
     before = jax.device_get((state, sums))
     padded, padded_sums = run(state, sums, *args, np.array([True, False]), rng)
     one, one_sums = run(state, sums, *args[:2], indices[:1], np.array([True]), rng)

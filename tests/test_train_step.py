@@ -158,8 +158,11 @@ def test_steps_in_one_dispatch_equal_steps_one_by_one():
             one_by_one, {"image": images["image"][row], "label": images["label"][row]}, rng
         )
         expected_loss += float(metrics["loss_sum"])
+    state = make_state()
+    arrays = (images["image"], images["label"], indices)
+    zeros = jax.jit(steps.zero_train_sums)(state, *arrays, rng)
     chunked, sums = jax.jit(steps.train_steps_on_device_data)(
-        make_state(), images["image"], images["label"], indices, rng
+        state, zeros, *arrays, np.ones(3, bool), rng
     )
     assert int(chunked.step) == 3 and float(sums["count"]) == 48
     np.testing.assert_allclose(float(sums["loss_sum"]), expected_loss, rtol=1e-5)
