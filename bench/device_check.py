@@ -1,7 +1,7 @@
 r"""Measures a device in about 5 minutes: training img/s, compilation, an epoch and its accuracy.
 
   PYTHONPATH=. python bench/device_check.py --out=device_check       # on a lent GPU, no install
-  PYTHONPATH=. python bench/device_check.py --tiny --out=/tmp/dc     # CPU smoke run, ~1 minute
+  PYTHONPATH=. python bench/device_check.py --tiny --out=/tmp/dc     # CPU smoke run, ~2 minutes
 
 Writes device_check.md (tables) and device_check.json into --out:
 1. Steps: images/s of the train step (bench_train_step.py's jax worker: a synthetic uint8 batch
