@@ -149,6 +149,10 @@ def get_config():
     config.checkpoint.keep_epochs = 5  # Last K epoch-end checkpoints kept (soup ingredients).
 
     config.log_every_steps = 100
+    # >0: a jax.profiler trace of this many training steps (e.g. 10), from the end of the first
+    # (compiling) dispatch, into <workdir>/profile (TensorBoard's profile plugin, XProf or
+    # Perfetto; fashion_jax/training/profiling.py); traced steps run slower. 0: no trace.
+    config.profile_steps = 0
     config.log_every_epochs = 0.0
     config.log_every_examples = 0
     config.progress_bar = True

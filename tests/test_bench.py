@@ -4,6 +4,7 @@ bench/ starting as its docstring says from another folder, so that none can rot.
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -176,3 +177,41 @@ def test_the_image_cache_bench_runs_on_a_small_dataset(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cold decode: 12 images (0 missing or failed)" in result.stdout
     assert "warm cache load: 12 images" in result.stdout and "from cache: True" in result.stdout
+
+
+def test_the_device_check_s_tiny_setting_writes_its_tables_on_cpu(tmp_path):
+    """bench/device_check.py --tiny (CI's CPU): every step row and the epoch measured, in the
+    markdown and the JSON it writes."""
+    from tests.conftest import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=40)
+    out = tmp_path / "out"
+    result = run_script(
+        os.path.join(ROOT, "bench", "device_check.py"),
+        "--tiny",
+        f"--out={out}",
+        f"--data_dir={data}",
+        cwd=tmp_path,
+        env=dict(os.environ, FASHION_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((out / "device_check.json").read_text())
+    assert table["tiny"] and table["device"]["backend"] == "cpu"
+    models = ("seed_cnn (configs/adam.py)", "speed_net (configs/speedrun.py)")
+    assert [(r["model"], r["dtype"], r["batch_size"]) for r in table["steps"]] == [
+        (m, d, 4) for m in models for d in ("float32", "bfloat16")
+    ]
+    for row in table["steps"]:
+        assert "error" not in row, row
+        for key in ("images_per_second", "first_step_seconds"):
+            assert math.isfinite(row[key]) and row[key] > 0, row
+    epoch = table["epoch"]
+    for key in ("train_seconds", "compile_seconds", "epoch_end_seconds", "images_per_second"):
+        assert math.isfinite(epoch[key]) and epoch[key] > 0, epoch
+    assert epoch["epoch_seconds_with_end"] > epoch["epoch_seconds_without_end"] > 0
+    assert 0.0 <= epoch["val_accuracy"] <= 1.0
+    assert epoch["train_images"] == 112  # 70% of 4 x 40 rows, at batch 16: 7 steps.
+    markdown = (out / "device_check.md").read_text()
+    assert "| speed_net (configs/speedrun.py) | bfloat16 | 4 |" in markdown
+    assert "| epoch s with the epoch end (precise BN + validation) |" in markdown
+    assert markdown in result.stdout

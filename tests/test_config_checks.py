@@ -87,6 +87,7 @@ TRAIN_CASES = [
     ({"steps_per_dispatch": -1}, "--config.steps_per_dispatch=-1 must be 0 or more"),
     ({"bn_recalibration_batches": -2}, "--config.bn_recalibration_batches=-2 must be 0 or more"),
     ({"checkpoint.keep_epochs": -1}, "--config.checkpoint.keep_epochs=-1 must be 0 or more"),
+    ({"profile_steps": -1}, "--config.profile_steps=-1 must be 0 or more (0: no profile)"),
 ]
 
 
@@ -271,3 +272,67 @@ def test_run_eval_names_its_own_dataset_flag(tmp_path):
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "run_eval.py: --config.data_dir=" in result.stderr and "no such folder" in result.stderr
+
+
+# Judged against the devices (config_checks.check_for_devices), after a multi-process run has
+# joined the others; an accelerator is acted by replacing the function that names the backend.
+
+
+def test_the_native_cpu_convolution_is_refused_on_an_accelerator(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, **{"model.conv_impl": "native"})
+    train_checks.check_for_devices(config)  # On CPU it is the fast kernel.
+    monkeypatch.setattr(train_checks, "backend", lambda: "gpu")
+    with pytest.raises(errors.ConfigError) as raised:
+        train_checks.check_for_devices(config)
+    message = str(raised.value)
+    assert "--config.model.conv_impl=native" in message and "cannot run on gpu" in message
+    assert "--config.model.conv_impl=auto" in message
+    train_checks.check_for_devices(tiny_config(tmp_path))  # auto: XLA's convolution there.
+
+
+def test_bfloat16_on_cpu_warns_with_the_measured_slowdown(tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(
+        train_checks.logging, "warning", lambda message, *args: warnings.append(message % args)
+    )
+    train_checks.check_for_devices(tiny_config(tmp_path))
+    assert warnings == []
+    bfloat16 = tiny_config(tmp_path, **{"model.dtype": "bfloat16"})
+    train_checks.check_for_devices(bfloat16)
+    (warning,) = warnings
+    assert "--config.model.dtype=bfloat16 on CPU" in warning
+    assert "x slower than float32" in warning and "Intel Xeon" in warning
+    monkeypatch.setattr(train_checks, "backend", lambda: "gpu")
+    train_checks.check_for_devices(bfloat16)
+    assert len(warnings) == 1  # Where bfloat16 is the fast path, nothing is said.
+
+
+@pytest.mark.parametrize(
+    "batches,message",
+    [
+        ({"batch_size": 16}, "--config.batch_size=16 must divide by the number of devices (3)"),
+        (
+            {"batch_size": 18, "eval_batch_size": 64},
+            "--config.eval_batch_size=64 must divide by the number of devices (3); use a "
+            "multiple of 3",
+        ),
+    ],
+)
+def test_batches_that_do_not_split_over_the_devices_stop_the_run_before_any_data_is_read(
+    tmp_path, monkeypatch, batches, message
+):
+    from fashion_jax.training import train
+    from tests.conftest import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", rows_per_class=1)
+    monkeypatch.setattr(train_checks, "device_count", lambda: 3)
+
+    def no_data_reads(*args, **kwargs):
+        raise AssertionError("the data was read before the batch sizes were checked")
+
+    monkeypatch.setattr(train.dataset, "load_data", no_data_reads)
+    workdir = tmp_path / "run"
+    with pytest.raises(errors.ConfigError) as raised:
+        train.train_and_evaluate(tiny_config(data, **batches), str(workdir))
+    assert message in str(raised.value)
+    assert not workdir.exists()

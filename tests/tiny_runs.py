@@ -1,7 +1,8 @@
 """Tiny trained workdirs for the evaluation tests, trained once per test session.
 
 Two runs on one synthetic dataset, sharing an initialisation (init_seed 0) as soups need:
-`adam` (3 epochs, so 3 epoch-end checkpoints) and `sgd` (2 epochs, other shuffling seed).
+`adam` (3 epochs, so 3 epoch-end checkpoints) and `sgd` (2 epochs, other shuffling seed, a
+profile of 2 steps).
 """
 
 import hashlib
@@ -36,6 +37,7 @@ def train_once(tmp_path_factory) -> dict:
                 "seed": 1,
                 "optimizer.name": "sgd",
                 "optimizer.learning_rate": 0.05,
+                "profile_steps": 2,  # tests/test_health.py looks at the trace.
             },
         }
         for name, overrides in runs.items():

@@ -2,11 +2,16 @@
 
 Each family checks its own section (models, optim, dataset, losses, augment, input_pipeline);
 this module runs them all and adds the checks that span sections. A failure is one ConfigError
-that names the flag and the valid choices.
+that names the flag and the valid choices. `check_for_devices` judges the config against the
+devices: it is called once the process has joined the others (run_train.py checks flags before
+jax.distributed.initialize, which must come before anything asks JAX about devices).
 """
 
 import dataclasses
 import os
+
+from absl import logging
+import jax
 
 from fashion_jax import errors
 from fashion_jax import models
@@ -16,9 +21,16 @@ from fashion_jax.training import checkpointing
 from fashion_jax.training import lengths
 from fashion_jax.training import losses
 from fashion_jax.training import optim
+from fashion_jax.training import parallel
 
 EARLY_STOPPING_MONITORS = ("val_loss", "train_loss")
 DATA_ON_DEVICE = ("auto", "true", "false")
+# bench/README.md, "bfloat16 on CPU": bench/bench_train_step.py --frameworks=jax,jax_bf16
+# --batch_sizes=32 --repeats=3, the seed CNN's train step; XLA:CPU has no fast bfloat16 path.
+CPU_BFLOAT16_SLOWDOWN = (
+    "3.9x slower than float32 (8.0 against 31.2 img/s, seed CNN, batch 32) on a 2-core "
+    "Intel Xeon @ 2.80GHz (AVX-512)"
+)
 
 
 def check_train_config(config, workdir: str | None = None) -> None:
@@ -55,6 +67,7 @@ def check_train_config(config, workdir: str | None = None) -> None:
         ("steps_per_dispatch", config.steps_per_dispatch, "50 on accelerators"),
         ("bn_recalibration_batches", config.bn_recalibration_batches, "no recalibration"),
         ("checkpoint.keep_epochs", config.checkpoint.keep_epochs, "none kept but best and latest"),
+        ("profile_steps", config.get("profile_steps", 0), "no profile"),
     ):
         if value < 0:
             raise errors.ConfigError(f"--config.{flag}={value} must be 0 or more (0: {zero}).")
@@ -71,6 +84,38 @@ def check_train_config(config, workdir: str | None = None) -> None:
         )
     if config.init_checkpoint and not (workdir and checkpointing.has_checkpoints(workdir)):
         _check_init_checkpoint(config.init_checkpoint, str(config.init_checkpoint_step))
+
+
+def backend() -> str:
+    """The platform JAX computes on ("cpu", "gpu", "tpu"); tests replace it to act as another."""
+    return jax.default_backend()
+
+
+def device_count() -> int:
+    """The devices over all processes that a global batch is split over; tests replace it."""
+    return jax.device_count()
+
+
+def check_for_devices(config) -> None:
+    """Refuses what cannot run on these devices before any data is read: the native CPU
+    convolution on an accelerator (else a late lowering failure), and a batch or eval batch that
+    does not split evenly over the devices; warns about bfloat16 on CPU, which is slower there."""
+    platform = backend()
+    if platform != "cpu" and config.model.conv_impl == "native":
+        raise errors.ConfigError(
+            f"--config.model.conv_impl=native is a CPU kernel (AVX-512 / AVX2) and cannot run on "
+            f"{platform}; use --config.model.conv_impl=auto (XLA's convolution, cuDNN on GPU) or "
+            "xla."
+        )
+    if platform == "cpu" and config.model.dtype == "bfloat16":
+        logging.warning(
+            "--config.model.dtype=bfloat16 on CPU: the training step measured %s "
+            "(bench/README.md); float32 is faster here, bfloat16 is for accelerators.",
+            CPU_BFLOAT16_SLOWDOWN,
+        )
+    devices = device_count()
+    parallel.check_batch_divides(config.batch_size, devices, "--config.batch_size")
+    parallel.check_batch_divides(config.eval_batch_size, devices, "--config.eval_batch_size")
 
 
 def _defaults(model_class) -> dict:

@@ -14,6 +14,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from fashion_jax import errors
+
 
 def initialize_distributed(
     coordinator_address: str | None = None,
@@ -66,12 +68,7 @@ class DataParallel:
         return NamedSharding(self.mesh, P(None, "data"))
 
     def check_batch_size(self, batch_size: int, flag: str):
-        devices = self.mesh.size
-        if batch_size % devices:
-            raise ValueError(
-                f"{flag}={batch_size} must divide by the number of devices "
-                f"({devices}); use a multiple of {devices}."
-            )
+        check_batch_divides(batch_size, self.mesh.size, flag)
 
     def process_rows(self, global_batch_size: int) -> slice:
         """This process's contiguous rows of a global batch."""
@@ -103,6 +100,15 @@ class DataParallel:
         return jax.tree.map(
             lambda x: np.asarray(x.addressable_data(0)) if x.is_fully_replicated else np.asarray(x),
             tree,
+        )
+
+
+def check_batch_divides(batch_size: int, devices: int, flag: str):
+    """Every device gets the same number of rows of a global batch, or the batch is refused."""
+    if batch_size % devices:
+        raise errors.ConfigError(
+            f"{flag}={batch_size} must divide by the number of devices "
+            f"({devices}); use a multiple of {devices}."
         )
 
 

@@ -16,6 +16,7 @@ from fashion_jax import models
 from fashion_jax.data import augment as augment_lib
 from fashion_jax.data import dataset
 from fashion_jax.data import input_pipeline
+from fashion_jax.training import health
 from fashion_jax.training import losses as losses_lib
 from fashion_jax.training import parallel
 from fashion_jax.training.state import TrainState
@@ -30,7 +31,8 @@ def train_step(
     loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
 ):
-    """One optimizer step; returns (new state, summed metrics of the batch).
+    """One optimizer step; returns (new state, summed metrics of the batch, with the step's
+    gradient, parameter and update norms: training/health.py).
 
     `loss_spec` (static) describes the heads and class weights; see fashion_jax/losses.py.
     `augment` (static) flips/shifts the uint8 images first; see fashion_jax/augment.py.
@@ -50,7 +52,9 @@ def train_step(
         return losses.mean(), (metrics, updates)
 
     grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    previous_params = state.params
     state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    metrics = {**metrics, **health.norm_sums(grads, previous_params, state.params)}
     if state.ema_decay:  # Bias-corrected: step t's average weighs step s's params ~ d^(t-s).
         d, t = state.ema_decay, state.step.astype(jnp.float32)
         decay = d * (1.0 - d ** (t - 1.0)) / (1.0 - d**t)

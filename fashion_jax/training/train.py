@@ -26,11 +26,13 @@ from fashion_jax.training import compilation_cache
 from fashion_jax.training import config_checks
 from fashion_jax.training import epoch_end
 from fashion_jax.training import faults
+from fashion_jax.training import health
 from fashion_jax.training import lengths
 from fashion_jax.training import losses as losses_lib
 from fashion_jax.training import metric_writers
 from fashion_jax.training import optim
 from fashion_jax.training import parallel
+from fashion_jax.training import profiling
 from fashion_jax.training import run_files
 from fashion_jax.training import run_progress
 from fashion_jax.training import state as state_lib
@@ -60,6 +62,7 @@ class _Run:
     writer: metric_writers.NoOpWriter = dataclasses.field(default_factory=metric_writers.NoOpWriter)
     preemption: faults.PreemptionWatch = dataclasses.field(default_factory=faults.PreemptionWatch)
     plotter: epoch_end.CurvePlotter = dataclasses.field(default_factory=epoch_end.CurvePlotter)
+    profiler: profiling.StepProfiler = dataclasses.field(default_factory=profiling.StepProfiler)
     compiled: bool = False  # Whether the train step has run (compiled) in this process.
 
 
@@ -69,8 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Holds the workdir's lock throughout; a SIGTERM saves at the current step and raises
     PreemptedError, a full disk raises DiskFullError (faults.py)."""
     config_checks.check_train_config(config, workdir)
+    config_checks.check_for_devices(config)  # Here: after run_train.py joined other processes.
     dp = parallel.DataParallel.over_all_devices()
-    dp.check_batch_size(config.batch_size, "--config.batch_size")
     compilation_cache.configure(config.get("compilation_cache_dir", ""))
     lock = faults.lock_workdir(workdir)
     try:
@@ -100,6 +103,7 @@ def _train(run: "_Run", state) -> dict:
     run.writer = metric_writers.create_default_writer(workdir, run.is_main, resumed_step=step)
     if not step:
         run.writer.write_hparams(run_files.flatten_config(run.config))
+    run.profiler = profiling.StepProfiler.for_run(run.config, workdir, run.is_main)
     epoch = step // run.steps_per_epoch
     while not progress["early_stopped"] and epoch < run.config.num_epochs:
         state, step, sums, timing = _run_epoch(run, state, progress, step, epoch)
@@ -109,6 +113,7 @@ def _train(run: "_Run", state) -> dict:
         if more and run.preemption.requested():  # The epoch end has just been saved.
             run.manager.wait_until_finished()
             run.preemption.stop(workdir, step)
+    run.profiler.stop(state)  # A trace longer than the run ends with it.
     return _summarise(run, state, progress)
 
 
@@ -233,7 +238,7 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
     """Trains from `step` to the end of `epoch`: (state, step, metric sums, timing)."""
     config = run.config
     first_step = step % run.steps_per_epoch
-    partial = progress["partial_sums"] if first_step else None
+    partial = health.with_norm_sums(progress["partial_sums"]) if first_step else None
     sums = run.dp.replicate({k: np.float32(v) for k, v in partial.items()}) if partial else None
     logged_sums, logged_time = dict(partial or {}), time.time()
     bar = tqdm(
@@ -266,6 +271,7 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
             compile_images, run.compiled = len(indices) * config.batch_size, True
             uncounted = (compile_seconds, compile_images)
         previous_step, step = step, step + len(indices)
+        run.profiler.after_dispatch(step, sums)
         images += len(indices) * config.batch_size
         bar.update(len(indices) * config.batch_size)
         last_of_epoch = chunk_start + len(indices) == run.steps_per_epoch
@@ -315,6 +321,7 @@ def _log_interval(run: _Run, step, host_sums, logged_sums, logged_time, uncounte
                 "train/accuracy": numbers["accuracy"],
                 "train/learning_rate": epoch_end.learning_rate(run, step),
                 "train/images_per_second": images / seconds if images > 0 else 0.0,
+                **health.interval_scalars(interval),
             },
         )
     return {k: float(v) for k, v in host_sums.items()}, now
