@@ -8,6 +8,7 @@ device transfer goes through parallel.DataParallel, explicitly, and the steps ru
 
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from fashion_jax import models
 from fashion_jax.data import augment as augment_lib
 from fashion_jax.data import dataset
+from fashion_jax.data import host_rows
 from fashion_jax.data import input_pipeline
 from fashion_jax.training import losses as losses_lib
 from fashion_jax.training import parallel
@@ -87,6 +89,32 @@ def train_steps_on_device_data(
     return state, jax.tree.map(lambda m: m.sum(0), metrics)
 
 
+def train_steps_on_epoch_data(
+    state: TrainState,
+    images,
+    labels,
+    step_numbers,
+    rng,
+    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+):
+    """The train steps `step_numbers` [k] of an epoch in one dispatch (lax.scan), from the
+    epoch's batches laid out per device (host_rows.TrainRows.epoch_layout): `images` [devices,
+    steps, rows per device, H, W, 3] sharded along devices, so each device slices its own rows
+    of a step's batch, and the batch, [devices * rows], is sharded as a host batch is."""
+
+    def one_step(state, step):
+        def batch_of(x):
+            return x[:, step].reshape((-1,) + x.shape[3:])
+
+        return train_step(
+            state, {"image": batch_of(images), "label": batch_of(labels)}, rng, loss_spec, augment
+        )
+
+    state, metrics = jax.lax.scan(one_step, state, step_numbers)
+    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
 def eval_step(
     state: TrainState, batch, loss_spec: losses_lib.LossSpec = SINGLE_HEAD, tta: str = "none"
 ):
@@ -113,9 +141,12 @@ class TrainStepRunner:
     """Runs the train steps of a chunk of batch indices [k, rows].
 
     Host data (the CPU default): one step per call, the batch gathered on the host and sent
-    explicitly. Device data (accelerators: the uint8 training images fit in any GPU's memory):
-    the arrays are sent once, and k steps run per dispatch (lax.scan), so Python is not in the
-    loop per step.
+    explicitly; with several processes each holds only its share of the epoch (host_rows.py,
+    read at `start_epoch`). Device data (accelerators: the uint8 training images fit in any
+    GPU's memory): the arrays are sent once, and k steps run per dispatch (lax.scan), so Python
+    is not in the loop per step; with several processes, each uploads at every epoch's start
+    only its devices' rows of the epoch's batches (train_steps_on_epoch_data).
+    `workdir`: where a process of several records what it held (host_rows.write_record).
     """
 
     def __init__(
@@ -124,14 +155,32 @@ class TrainStepRunner:
         subset: dataset.Subset,
         config,
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+        workdir: str | None = None,
     ):
-        self.dp, self.subset = data_parallel, subset
+        self.dp, self.subset, self.workdir = data_parallel, subset, workdir
         augment = augment_lib.from_config(config.augment)
         choice = str(config.data_on_device).lower()
         self.on_device = (jax.default_backend() != "cpu") if choice == "auto" else choice == "true"
         self.steps_per_dispatch = (config.steps_per_dispatch or 50) if self.on_device else 1
-        replicated = data_parallel.replicated
-        if self.on_device:
+        self.rows = host_rows.TrainRows(
+            subset.images,
+            subset.labels,
+            config.batch_size,
+            config.seed,
+            data_parallel.process_rows(config.batch_size),
+            input_pipeline.sampling_probabilities(subset.labels, config.data.sampling),
+        )
+        replicated, sharded = data_parallel.replicated, data_parallel.batch_sharded
+        self.per_epoch_upload = self.on_device and not self.rows.in_memory
+        self.step_in_epoch, self.epoch_data = 0, None
+        if self.per_epoch_upload:
+            self._run = jax.jit(
+                functools.partial(train_steps_on_epoch_data, loss_spec=loss_spec, augment=augment),
+                donate_argnums=(0,),
+                in_shardings=(replicated, sharded, sharded, replicated, replicated),
+                out_shardings=(replicated, replicated),
+            )
+        elif self.on_device:
             self.images = data_parallel.replicate(subset.images)
             self.labels = data_parallel.replicate(subset.labels)
             self._run = jax.jit(
@@ -154,16 +203,54 @@ class TrainStepRunner:
                 out_shardings=(replicated, replicated),
             )
 
+    def start_epoch(self, epoch: int, first_step: int = 0) -> None:
+        """Several processes: reads this process's rows of `epoch` (from `first_step` on) and,
+        with device data, uploads them, each device its own; records what it holds."""
+        self.step_in_epoch = first_step
+        if not self.rows.in_memory:
+            self.rows.start_epoch(epoch)
+        if self.per_epoch_upload:
+            self.epoch_data = None  # The last epoch's arrays are freed before these are sent.
+            self.epoch_data = self.dp.shard_batch(self.rows.epoch_layout(jax.local_device_count()))
+            self.rows.held_images = None  # On the devices now: the host's copy is freed.
+        if self.workdir and not self.rows.in_memory:
+            held = self.rows.held_rows
+            logging.info(
+                "Process %d of %d holds %d of %d train images for epoch %d.",
+                jax.process_index(),
+                jax.process_count(),
+                len(held),
+                len(self.subset),
+                epoch + 1,
+            )
+            host_rows.write_record(
+                self.workdir,
+                jax.process_index(),
+                jax.process_count(),
+                {
+                    "epoch": epoch + 1,
+                    "train_images": len(self.subset),
+                    "train_ids_held": self.subset.ids[held].tolist(),
+                },
+            )
+
     def __call__(self, state: TrainState, indices, rng):
+        steps = np.arange(self.step_in_epoch, self.step_in_epoch + len(indices))
+        self.step_in_epoch += len(indices)
+        if self.per_epoch_upload:
+            if not np.array_equal(self.rows.epoch_indices[steps], indices):
+                raise ValueError(f"steps {steps[0]}.. are not those of the epoch started last")
+            step_numbers = self.dp.replicate(steps.astype(np.int32))  # Explicit transfer.
+            with jax.transfer_guard("disallow"):
+                data = self.epoch_data
+                return self._run(state, data["image"], data["label"], step_numbers, rng)
         if self.on_device:
             device_indices = self.dp.shard_chunk(indices.astype(np.int32))  # Explicit transfer.
             with jax.transfer_guard("disallow"):
                 return self._run(state, self.images, self.labels, device_indices, rng)
         if len(indices) != 1:
             raise ValueError("host data runs one step per dispatch")
-        device_batch = self.dp.shard_batch(
-            {"image": self.subset.images[indices[0]], "label": self.subset.labels[indices[0]]}
-        )
+        device_batch = self.dp.shard_batch(self.rows.batch(indices[0]))
         with jax.transfer_guard("disallow"):
             return self._run(state, device_batch, rng)
 
@@ -177,9 +264,10 @@ class SubsetMetrics:
         batch_size: int,
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
         tta: str = "none",
+        workdir: str | None = None,
     ):
         data_parallel.check_batch_size(batch_size, "--config.eval_batch_size")
-        self.dp, self.batch_size = data_parallel, batch_size
+        self.dp, self.batch_size, self.workdir = data_parallel, batch_size, workdir
         self.rows = data_parallel.process_rows(batch_size)
         self._step = jax.jit(
             functools.partial(eval_step, loss_spec=loss_spec, tta=tta),
@@ -194,4 +282,14 @@ class SubsetMetrics:
         ):
             metrics = self._step(state, self.dp.shard_batch(batch))
             total = metrics if total is None else self._sum(total, metrics)
+        if self.workdir and isinstance(subset.images, host_rows.CachedRows):
+            host_rows.write_record(  # The rows of `subset` this process has read so far.
+                self.workdir,
+                jax.process_index(),
+                jax.process_count(),
+                {
+                    "eval_images": len(subset),
+                    "eval_ids_read": subset.ids[subset.images.read].tolist(),
+                },
+            )
         return losses_lib.summarize(self.dp.to_host(total))

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from fashion_jax import logging_setup
 from fashion_jax import models
 from fashion_jax.data import dataset
+from fashion_jax.data import host_rows
 from fashion_jax.data import input_pipeline
 from fashion_jax.training import batch_norm
 from fashion_jax.training import checkpointing
@@ -142,6 +143,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         config.data,
         workdir if is_main else None,
         show_progress=logging_setup.progress_bars_wanted(config.progress_bar and is_main),
+        in_memory=host_rows.subsets_in_memory(jax.process_count()),  # Several: each its share.
     )
     config = _resolved(config, data)
     train = data.subsets["train"]
@@ -177,7 +179,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         models.initial_params(config.model, train.images) if fresh else None,
     )
     parameter_counts = state_lib.count_parameters(state)
-    run_steps = steps.TrainStepRunner(dp, train, config, loss_spec)
+    run_steps = steps.TrainStepRunner(dp, train, config, loss_spec, workdir)
     logging.info(
         "Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",
         parameter_counts,
@@ -208,7 +210,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         lengths=run_lengths,
         run_steps=run_steps,
         evaluate=steps.SubsetMetrics(
-            dp, config.eval_batch_size, loss_spec, config.get("val_tta", "none")
+            dp, config.eval_batch_size, loss_spec, config.get("val_tta", "none"), workdir
         ),
         sum_metrics=jax.jit(steps.sum_metrics, out_shardings=dp.replicated),
         sampling=input_pipeline.sampling_probabilities(train.labels, config.data.sampling),
@@ -263,6 +265,7 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
         leave=False,
     )
     start, images, compile_seconds, compile_images = time.time(), 0, 0.0, 0
+    run.run_steps.start_epoch(epoch, first_step)  # Several processes: each its own rows.
     uncounted = (0.0, 0)  # Compile time and images not yet left out of a logged img/s.
     for chunk_start, indices in input_pipeline.train_indices(
         len(run.data.subsets["train"]),
