@@ -104,23 +104,23 @@ from tests.conftest import tiny_config
 config = tiny_config("", **{"model.conv_impl": "im2col", "data_on_device": "true",
                             "steps_per_dispatch": 2, "augment.flip": True})
 rng = np.random.default_rng(0)
-cache = rng.integers(0, 256, (50, 80, 60, 3), dtype=np.uint8)
-positions = np.arange(3, 46)  # 43 train images: 3 steps of 16, the last filled up.
-labels = rng.integers(0, 4, 43).astype(np.int32)
+cache = rng.integers(0, 256, (64, 80, 60, 3), dtype=np.uint8)
+positions = np.arange(3, 63)  # 60 train images: 4 steps of 16, the last filled up.
+labels = rng.integers(0, 4, 60).astype(np.int32)
 dp = parallel.DataParallel.over_all_devices()
 model = models.create_model(config.model, 4)
 results = {}
 for name, images in (("replicated", cache[positions]),
                      ("epoch upload", host_rows.CachedRows(cache, positions))):
-    subset = dataset.Subset(ids=np.arange(43), images=images, labels=labels)
+    subset = dataset.Subset(ids=np.arange(60), images=images, labels=labels)
     runner = steps.TrainStepRunner(dp, subset, config)
     state = state_lib.create_train_state(config, model, optim.create_learning_rate_fn(
         config.optimizer), (80, 60, 3), dp.replicated)
     key = jax.jit(lambda: jax.random.key(0), out_shardings=dp.replicated)()
     sums = []
-    for epoch, first_step in ((0, 0), (1, 1)):  # The second as if resumed after one step.
+    for epoch, first_step in ((0, 0), (1, 2)):  # The second as if resumed after two steps.
         runner.start_epoch(epoch, first_step)
-        for _, indices in input_pipeline.train_indices(43, 16, 0, epoch, first_step,
+        for _, indices in input_pipeline.train_indices(60, 16, 0, epoch, first_step,
                                                        steps_per_chunk=2):
             state, metrics = runner(state, indices, key)
             sums.append(float(metrics["loss_sum"]))
@@ -150,6 +150,6 @@ def test_device_data_uploaded_per_epoch_trains_as_replicated_device_data():
     numbers = json.loads(result.stdout.strip().splitlines()[-1])
     assert numbers["per_epoch_upload"] == [False, True]
     replicated, uploaded = numbers["loss_sums"]
-    assert len(replicated) == len(uploaded) == 3  # Epoch 0: steps 0-1, 2; epoch 1: steps 1-2.
+    assert len(replicated) == len(uploaded) == 3  # Epoch 0: steps 0-1, 2-3; epoch 1: 2-3.
     assert uploaded == pytest.approx(replicated, rel=1e-5)
     assert numbers["params_absolute"] <= 1e-6, numbers

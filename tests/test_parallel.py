@@ -186,7 +186,7 @@ def slurm_task_environment(job_id: int, task: int, tasks: int = 2) -> dict:
     }
 
 
-def launch_two_processes(root, workdir, data_dir, slurm=False):
+def launch_two_processes(root, workdir, data_dir, *extra, slurm=False):
     """Two run_train.py processes: given the coordinator, process count and index by flags, or
     (`slurm`) only --distributed and the environment SLURM gives each task."""
     address, job_id = f"127.0.0.1:{free_port()}", slurm_job_id() if slurm else None
@@ -198,6 +198,7 @@ def launch_two_processes(root, workdir, data_dir, slurm=False):
             root / "cache",
             *FLAGS,
             "--config.checkpoint.every_steps=2",
+            *extra,
             *(["--distributed"] if slurm else [f.format(address=address, i=i) for f in by_flags]),
             env={
                 "JAX_NUM_CPU_DEVICES": "1",
@@ -211,8 +212,10 @@ def launch_two_processes(root, workdir, data_dir, slurm=False):
 def test_two_processes_match_one_also_after_one_of_them_died(data_and_reference):
     """Process 1 killed (SIGKILL) after the first checkpoint: process 0 stops within seconds
     with one line saying to start both again (it used to print a gloo traceback and abort a
-    minute later); started again, as SLURM tasks (`srun ... run_train.py --distributed`), both
-    resume and end as one process does, each having held only its share of the images."""
+    minute later); started again, as SLURM tasks (`srun ... run_train.py --distributed`) and
+    with the training images on the devices (each process uploads its rows of each epoch, in
+    chunks of 4 steps), both resume and end as one process does on host data, each having held
+    only its share of the images."""
     root, data_dir, reference = data_and_reference
     workdir = root / "two_processes"
     processes = launch_two_processes(root, workdir, data_dir)
@@ -234,13 +237,15 @@ def test_two_processes_match_one_also_after_one_of_them_died(data_and_reference)
     assert seconds < 60, f"{seconds:.0f} s from the kill to process 0's exit"
     print(f"process 0 stopped {seconds:.1f} s after process 1 was killed")
 
-    processes = launch_two_processes(root, workdir, data_dir, slurm=True)
+    on_device = ("--config.data_on_device=true", "--config.steps_per_dispatch=4")
+    processes = launch_two_processes(root, workdir, data_dir, *on_device, slurm=True)
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, output in zip(processes, outputs):
         assert p.returncode == 0, output
     assert "Resumed from checkpoint" in outputs[0]
     for i, output in enumerate(outputs):  # parallel.initialize_distributed's line.
         assert f"Process {i} of 2; 1 local and 2 global devices." in output, output
+        assert "training data on device: True; steps per dispatch: 4." in output
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["devices"] == 2
     split = pd.read_csv(reference / "split.csv")

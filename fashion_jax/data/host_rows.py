@@ -13,8 +13,16 @@ process uses them:
 - test and control: never read by training.
 
 So a host's memory holds ~1/P of the train images plus one eval batch, whatever the dataset size.
-The cache file itself is read through the page cache, which the kernel can evict. What each
-process held is written to <workdir>/host_rows/process_<p>.json (several processes only).
+With device data (steps.TrainStepRunner) the share is uploaded at the epoch's start, each device
+its own rows of every batch, and the host's copy freed. The cache file itself is read through the
+page cache, which the kernel can evict. What each process held is written to
+<workdir>/host_rows/process_<p>.json (several processes only).
+
+Why a share per epoch rather than reading each step's rows from the memmap: a step would then wait
+on scattered 14 KB reads (a cold page cache, a network filesystem), and the device-data path needs
+the epoch's rows up front anyway; one sorted pass per epoch reads the file front to back. Why not
+a fixed shard of rows per process: the batches would differ from one process's. Decoding is not
+split: the split needs to know which of all images decode, so the cache is decoded once, whole.
 """
 
 import json
