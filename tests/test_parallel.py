@@ -27,7 +27,7 @@ from tests.conftest import write_synthetic_dataset
 FLAGS = (
     "--config.num_epochs=2",
     "--config.batch_size=16",
-    "--config.eval_batch_size=48",
+    "--config.eval_batch_size=8",
     "--config.early_stopping.restore_best=false",
     "--config.augment.flip=true",
     "--config.augment.max_shift=2",
@@ -130,7 +130,7 @@ def test_eight_devices_match_one(data_and_reference):
     assert process.returncode == 0, output
     assert json.loads((workdir / "summary.json").read_text())["devices"] == 8
     val_images = (pd.read_csv(reference / "split.csv").subset == "val").sum()
-    assert val_images % 48 != 0
+    assert val_images % 8 != 0
     assert_same_run(reference, workdir, val_images)
 
 
@@ -154,8 +154,43 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch_two_processes(root, workdir, data_dir):
-    address = f"127.0.0.1:{free_port()}"
+def slurm_job_id():
+    """A job id whose coordinator port, as JAX 0.10's SlurmCluster derives it (id % 4096 +
+    61440), is free here."""
+    for job_id in range(4242, 4242 + 4096):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", job_id % 4096 + 61440))
+                return job_id
+            except OSError:
+                continue
+    raise RuntimeError("no free port in 61440-65535 for the SLURM coordinator")
+
+
+def slurm_task_environment(job_id: int, task: int, tasks: int = 2) -> dict:
+    """What `srun --nodes=1 --ntasks=<tasks>` sets for each task (JAX reads SLURM_JOB_ID,
+    SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID)."""
+    return {
+        "SLURM_JOB_ID": str(job_id),
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_NNODES": "1",
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_NTASKS_PER_NODE": str(tasks),
+        "SLURM_STEP_NUM_TASKS": str(tasks),
+        "SLURM_PROCID": str(task),
+        "SLURM_LOCALID": str(task),
+        "SLURM_STEP_ID": "0",
+    }
+
+
+def launch_two_processes(root, workdir, data_dir, *extra, slurm=False):
+    """Two run_train.py processes: given the coordinator, process count and index by flags, or
+    (`slurm`) only --distributed and the environment SLURM gives each task."""
+    address, job_id = f"127.0.0.1:{free_port()}", slurm_job_id() if slurm else None
+    by_flags = ["--coordinator_address={address}", "--num_processes=2", "--process_id={i}"]
     return [
         launch_run_train(
             workdir,
@@ -163,10 +198,12 @@ def launch_two_processes(root, workdir, data_dir):
             root / "cache",
             *FLAGS,
             "--config.checkpoint.every_steps=2",
-            f"--coordinator_address={address}",
-            "--num_processes=2",
-            f"--process_id={i}",
-            env={"JAX_NUM_CPU_DEVICES": "1"},
+            *extra,
+            *(["--distributed"] if slurm else [f.format(address=address, i=i) for f in by_flags]),
+            env={
+                "JAX_NUM_CPU_DEVICES": "1",
+                **(slurm_task_environment(job_id, i) if slurm else {}),
+            },
         )
         for i in range(2)
     ]
@@ -175,7 +212,10 @@ def launch_two_processes(root, workdir, data_dir):
 def test_two_processes_match_one_also_after_one_of_them_died(data_and_reference):
     """Process 1 killed (SIGKILL) after the first checkpoint: process 0 stops within seconds
     with one line saying to start both again (it used to print a gloo traceback and abort a
-    minute later); started again, both resume and end as one process does."""
+    minute later); started again, as SLURM tasks (`srun ... run_train.py --distributed`) and
+    with the training images on the devices (each process uploads its rows of each epoch, in
+    chunks of 4 steps), both resume and end as one process does on host data, each having held
+    only its share of the images."""
     root, data_dir, reference = data_and_reference
     workdir = root / "two_processes"
     processes = launch_two_processes(root, workdir, data_dir)
@@ -197,12 +237,38 @@ def test_two_processes_match_one_also_after_one_of_them_died(data_and_reference)
     assert seconds < 60, f"{seconds:.0f} s from the kill to process 0's exit"
     print(f"process 0 stopped {seconds:.1f} s after process 1 was killed")
 
-    processes = launch_two_processes(root, workdir, data_dir)
+    on_device = ("--config.data_on_device=true", "--config.steps_per_dispatch=4")
+    processes = launch_two_processes(root, workdir, data_dir, *on_device, slurm=True)
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, output in zip(processes, outputs):
         assert p.returncode == 0, output
     assert "Resumed from checkpoint" in outputs[0]
+    for i, output in enumerate(outputs):  # parallel.initialize_distributed's line.
+        assert f"Process {i} of 2; 1 local and 2 global devices." in output, output
+        assert "training data on device: True; steps per dispatch: 4." in output
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["devices"] == 2
-    val_images = (pd.read_csv(reference / "split.csv").subset == "val").sum()
+    split = pd.read_csv(reference / "split.csv")
+    val_images = (split.subset == "val").sum()
     assert_same_run(reference, workdir, val_images)
+    assert_each_process_held_its_share(workdir, split, batch_size=16, eval_batch_size=8)
+
+
+def assert_each_process_held_its_share(workdir, split, batch_size, eval_batch_size):
+    """Train: each held about half of the last epoch's images (the last, partial batch is filled
+    from the epoch's first images), and together all of them. Val: each read exactly its rows of
+    every eval batch, no more."""
+    train = set(split.id[split.subset == "train"])
+    val = split.id[split.subset == "val"].sort_values().to_numpy()
+    records = [
+        json.loads((workdir / "host_rows" / f"process_{i}.json").read_text()) for i in (0, 1)
+    ]
+    for i, record in enumerate(records):
+        assert record["process"] == i and record["processes"] == 2 and record["epoch"] == 2
+        held = set(record["train_ids_held"])
+        assert held <= train
+        assert len(train) / 2 <= len(held) <= len(train) / 2 + batch_size / 2, (i, len(held))
+        half = eval_batch_size // 2
+        expected = [v for n, v in enumerate(val) if (n % eval_batch_size) // half == i]
+        assert sorted(record["eval_ids_read"]) == expected, i
+    assert set(records[0]["train_ids_held"]) | set(records[1]["train_ids_held"]) == train

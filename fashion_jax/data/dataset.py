@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.model_selection import train_test_split
 
 from fashion_jax import errors
+from fashion_jax.data import host_rows
 from fashion_jax.data import image_cache
 from fashion_jax.data import input_pipeline
 from fashion_jax.data import locate
@@ -33,7 +34,7 @@ FOLD_COLUMN = "fold"  # Cross-fitting runs: each train row's fold (-1 for the ot
 @dataclasses.dataclass
 class Subset:
     ids: np.ndarray  # int64 [N]
-    images: np.ndarray  # uint8 [N, H, W, 3]
+    images: np.ndarray  # uint8 [N, H, W, 3], or host_rows.CachedRows (read when indexed)
     labels: np.ndarray  # int32 [N]; with several heads [N, num_heads], -1 where missing
 
     def __len__(self):
@@ -192,8 +193,13 @@ def stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> np.ndarr
     return assignment
 
 
-def load_data(data_config, workdir: str | None = None, show_progress: bool = True) -> FashionData:
+def load_data(
+    data_config, workdir: str | None = None, show_progress: bool = True, in_memory=SUBSETS
+) -> FashionData:
     """Reads, decodes, labels and splits the dataset; writes split and skip report to workdir.
+
+    The images of the subsets named in `in_memory` are copied into memory; the others are
+    host_rows.CachedRows, read from the image cache only where indexed (host_rows.py).
 
     With data_config.num_folds = K > 0 (cross-fitting), the train rows are also divided into K
     stratified folds (split.csv's `fold` column) and the run trains on every fold but
@@ -261,9 +267,13 @@ def load_data(data_config, workdir: str | None = None, show_progress: bool = Tru
     for name in SUBSETS:
         mask = train_mask if name == "train" else assignment == name
         ids = split["id"].to_numpy()[mask]
-        subsets[name] = Subset(
-            ids=ids, images=decoded.images[[position[i] for i in ids]], labels=labels[mask]
+        rows = np.asarray([position[i] for i in ids], np.int64)
+        images = (
+            decoded.images[rows]
+            if name in in_memory
+            else host_rows.CachedRows(decoded.images, rows)
         )
+        subsets[name] = Subset(ids=ids, images=images, labels=labels[mask])
     _log_skips(skipped, csv_path)
     data = FashionData(class_names, subsets, skipped, split, heads, folding, data_dir)
     if workdir:

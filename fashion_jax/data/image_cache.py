@@ -204,6 +204,9 @@ def decode_images(
         )
     os.replace(tmp_array, array_path)
     os.replace(tmp_meta, meta_path)
+    # From the file from now on: the decoded copy in memory is freed, and processes of a
+    # multi-process run read only the rows they use (host_rows.py).
+    images = np.load(array_path, mmap_mode="r")
     logging.info(
         "Decoded %d images (%d failed or missing) into cache %s",
         len(decoded_ids),

@@ -71,21 +71,25 @@ def train_indices(
 def eval_batches(images, labels, batch_size: int, rows: slice = slice(None)):
     """Yields padded batches with a float32 `mask` (1 for real images, 0 for padding).
 
-    `batch_size` is the global batch; only its `rows` (this process's part) are yielded.
+    `batch_size` is the global batch; only its `rows` (this process's contiguous part) are read
+    and yielded, so a process reads just its share of `images` (host_rows.CachedRows reads
+    lazily from the image cache).
     """
     n = len(images)
+    first, stop, step = rows.indices(batch_size)
+    if step != 1:
+        raise ValueError(f"eval_batches takes contiguous rows, not {rows}")
     for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        pad = batch_size - (stop - start)
-        image = images[start:stop]
+        lo, hi = min(start + first, n), min(start + stop, n)
+        pad = (stop - first) - (hi - lo)
         batch = {
-            "image": image,
-            "label": labels[start:stop] if labels is not None else np.zeros(stop - start, np.int32),
-            "mask": np.ones(stop - start, np.float32),
+            "image": images[lo:hi],
+            "label": labels[lo:hi] if labels is not None else np.zeros(hi - lo, np.int32),
+            "mask": np.ones(hi - lo, np.float32),
         }
         if pad:
             batch = {
                 k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                 for k, v in batch.items()
             }
-        yield {k: v[rows] for k, v in batch.items()}
+        yield batch

@@ -8,6 +8,7 @@ device transfer goes through parallel.DataParallel, explicitly, and the steps ru
 
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from fashion_jax import models
 from fashion_jax.data import augment as augment_lib
 from fashion_jax.data import dataset
+from fashion_jax.data import host_rows
 from fashion_jax.data import input_pipeline
 from fashion_jax.training import health
 from fashion_jax.training import losses as losses_lib
@@ -112,6 +114,32 @@ def zero_train_sums(
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def train_steps_on_epoch_data(
+    state: TrainState,
+    images,
+    labels,
+    step_numbers,
+    rng,
+    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+):
+    """The train steps `step_numbers` [k] of an epoch in one dispatch (lax.scan), from the
+    epoch's batches laid out per device (host_rows.TrainRows.epoch_layout): `images` [devices,
+    steps, rows per device, H, W, 3] sharded along devices, so each device slices its own rows
+    of a step's batch, and the batch, [devices * rows], is sharded as a host batch is."""
+
+    def one_step(state, step):
+        def batch_of(x):
+            return x[:, step].reshape((-1,) + x.shape[3:])
+
+        return train_step(
+            state, {"image": batch_of(images), "label": batch_of(labels)}, rng, loss_spec, augment
+        )
+
+    state, metrics = jax.lax.scan(one_step, state, step_numbers)
+    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
 def eval_step(
     state: TrainState, batch, loss_spec: losses_lib.LossSpec = SINGLE_HEAD, tta: str = "none"
 ):
@@ -156,10 +184,14 @@ class TrainStepRunner:
     epoch's sums.
 
     Host data (the CPU default): one step per call, the batch gathered on the host and sent
-    explicitly. Device data (accelerators: the uint8 training images fit in any GPU's memory):
-    the arrays are sent once, and steps_per_dispatch steps run per dispatch (lax.scan), shorter
-    chunks padded with steps that change nothing, so Python is not in the loop per step and the
-    scan compiles once.
+    explicitly; with several processes each holds only its share of the epoch (host_rows.py,
+    read at `start_epoch`). Device data (accelerators: the uint8 training images fit in any
+    GPU's memory): the arrays are sent once, and steps_per_dispatch steps run per dispatch
+    (lax.scan), shorter chunks padded with steps that change nothing, so Python is not in the
+    loop per step and the scan compiles once. With several processes and device data, each
+    uploads at every epoch's start only its devices' rows of the epoch's batches
+    (train_steps_on_epoch_data; its epoch's last, shorter chunk compiles once more).
+    `workdir`: where a process of several records what it held (host_rows.write_record).
     """
 
     def __init__(
@@ -169,17 +201,35 @@ class TrainStepRunner:
         config,
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
         steps_per_epoch: int | None = None,
+        workdir: str | None = None,
     ):
-        self.dp, self.subset = data_parallel, subset
+        self.dp, self.subset, self.workdir = data_parallel, subset, workdir
         augment = augment_lib.from_config(config.augment)
         choice = str(config.data_on_device).lower()
         self.on_device = (jax.default_backend() != "cpu") if choice == "auto" else choice == "true"
         self.steps_per_dispatch = (config.steps_per_dispatch or 50) if self.on_device else 1
         # Chunks never cross an epoch end: longer ones would be mostly padding.
         self.steps_per_dispatch = min(self.steps_per_dispatch, steps_per_epoch or 1 << 30)
-        replicated = data_parallel.replicated
+        self.rows = host_rows.TrainRows(
+            subset.images,
+            subset.labels,
+            config.batch_size,
+            config.seed,
+            data_parallel.process_rows(config.batch_size),
+            input_pipeline.sampling_probabilities(subset.labels, config.data.sampling),
+        )
+        replicated, sharded = data_parallel.replicated, data_parallel.batch_sharded
         self._sum = jax.jit(sum_metrics, out_shardings=replicated)
-        if self.on_device:
+        self.per_epoch_upload = self.on_device and not self.rows.in_memory
+        self.step_in_epoch, self.epoch_data = 0, None
+        if self.per_epoch_upload:
+            self._run = jax.jit(
+                functools.partial(train_steps_on_epoch_data, loss_spec=loss_spec, augment=augment),
+                donate_argnums=(0,),
+                in_shardings=(replicated, sharded, sharded, replicated, replicated),
+                out_shardings=(replicated, replicated),
+            )
+        elif self.on_device:
             self.images = data_parallel.replicate(subset.images)
             self.labels = data_parallel.replicate(subset.labels)
             options = {"loss_spec": loss_spec, "augment": augment}
@@ -201,15 +251,54 @@ class TrainStepRunner:
                 out_shardings=(replicated, replicated),
             )
 
+    def start_epoch(self, epoch: int, first_step: int = 0) -> None:
+        """Several processes: reads this process's rows of `epoch` (from `first_step` on) and,
+        with device data, uploads them, each device its own; records what it holds."""
+        self.step_in_epoch = first_step
+        if not self.rows.in_memory:
+            self.rows.start_epoch(epoch)
+        if self.per_epoch_upload:
+            self.epoch_data = None  # The last epoch's arrays are freed before these are sent.
+            self.epoch_data = self.dp.shard_batch(self.rows.epoch_layout(jax.local_device_count()))
+            self.rows.held_images = None  # On the devices now: the host's copy is freed.
+        if self.workdir and not self.rows.in_memory:
+            held = self.rows.held_rows
+            logging.info(
+                "Process %d of %d holds %d of %d train images for epoch %d.",
+                jax.process_index(),
+                jax.process_count(),
+                len(held),
+                len(self.subset),
+                epoch + 1,
+            )
+            host_rows.write_record(
+                self.workdir,
+                jax.process_index(),
+                jax.process_count(),
+                {
+                    "epoch": epoch + 1,
+                    "train_images": len(self.subset),
+                    "train_ids_held": self.subset.ids[held].tolist(),
+                },
+            )
+
     def __call__(self, state: TrainState, sums, indices, rng):
         """(state, sums + the chunk's metric sums); `sums` None at an epoch's start."""
+        steps = np.arange(self.step_in_epoch, self.step_in_epoch + len(indices))
+        self.step_in_epoch += len(indices)
+        if self.per_epoch_upload:
+            if not np.array_equal(self.rows.epoch_indices[steps], indices):
+                raise ValueError(f"steps {steps[0]}.. are not those of the epoch started last")
+            step_numbers = self.dp.replicate(steps.astype(np.int32))  # Explicit transfer.
+            with jax.transfer_guard("disallow"):
+                data = self.epoch_data
+                state, metrics = self._run(state, data["image"], data["label"], step_numbers, rng)
+                return state, metrics if sums is None else self._sum(sums, metrics)
         if self.on_device:
             return self._run_on_device(state, sums, indices, rng)
         if len(indices) != 1:
             raise ValueError("host data runs one step per dispatch")
-        device_batch = self.dp.shard_batch(
-            {"image": self.subset.images[indices[0]], "label": self.subset.labels[indices[0]]}
-        )
+        device_batch = self.dp.shard_batch(self.rows.batch(indices[0]))
         with jax.transfer_guard("disallow"):
             state, metrics = self._run(state, device_batch, rng)
             return state, metrics if sums is None else self._sum(sums, metrics)
@@ -241,9 +330,11 @@ class SubsetMetrics:
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
         tta: str = "none",
         on_device: bool = False,
+        workdir: str | None = None,
     ):
         data_parallel.check_batch_size(batch_size, "--config.eval_batch_size")
         self.dp, self.batch_size, self.on_device = data_parallel, batch_size, on_device
+        self.workdir = workdir
         self.rows = data_parallel.process_rows(batch_size)
         replicated = data_parallel.replicated
         self._step = jax.jit(
@@ -271,9 +362,19 @@ class SubsetMetrics:
                 self._sent = (subset, {k: self.dp.shard_chunk(v) for k, v in stacked.items()})
             with jax.transfer_guard("disallow"):
                 total = self._on_device(state, self._sent[1])
-            return losses_lib.summarize(self.dp.to_host(total))
-        total = None
-        for batch in batches:
-            metrics = self._step(state, self.dp.shard_batch(batch))
-            total = metrics if total is None else self._sum(total, metrics)
+        else:
+            total = None
+            for batch in batches:
+                metrics = self._step(state, self.dp.shard_batch(batch))
+                total = metrics if total is None else self._sum(total, metrics)
+        if self.workdir and isinstance(subset.images, host_rows.CachedRows):
+            host_rows.write_record(  # The rows of `subset` this process has read so far.
+                self.workdir,
+                jax.process_index(),
+                jax.process_count(),
+                {
+                    "eval_images": len(subset),
+                    "eval_ids_read": subset.ids[subset.images.read].tolist(),
+                },
+            )
         return losses_lib.summarize(self.dp.to_host(total))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from fashion_jax import logging_setup
 from fashion_jax import models
 from fashion_jax.data import dataset
+from fashion_jax.data import host_rows
 from fashion_jax.data import input_pipeline
 from fashion_jax.training import batch_norm
 from fashion_jax.training import checkpointing
@@ -125,6 +126,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         config.data,
         workdir if is_main else None,
         show_progress=logging_setup.progress_bars_wanted(config.progress_bar and is_main),
+        in_memory=host_rows.subsets_in_memory(jax.process_count()),  # Several: each its share.
     )
     config = _resolved(config, data)
     train = data.subsets["train"]
@@ -160,7 +162,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         models.initial_params(config.model, train.images) if fresh else None,
     )
     parameter_counts = state_lib.count_parameters(state)
-    run_steps = steps.TrainStepRunner(dp, train, config, loss_spec, steps_per_epoch)
+    run_steps = steps.TrainStepRunner(dp, train, config, loss_spec, steps_per_epoch, workdir)
     logging.info(
         "Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",
         parameter_counts,
@@ -196,9 +198,12 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
             loss_spec,
             config.get("val_tta", "none"),
             on_device=run_steps.on_device,
+            workdir=workdir,
         ),
         recalibrate_on_device=batch_norm.DeviceRecalibration(model, run_steps.images, dp)
-        if run_steps.on_device and config.bn_recalibration_batches
+        if run_steps.on_device
+        and not run_steps.per_epoch_upload
+        and config.bn_recalibration_batches
         else None,
         sampling=input_pipeline.sampling_probabilities(train.labels, config.data.sampling),
         manager=checkpointing.create_manager(workdir, config.checkpoint.keep_epochs, meta),
@@ -252,6 +257,7 @@ def _run_epoch(run: _Run, state, progress: dict, step: int, epoch: int):
         leave=False,
     )
     start, images, compile_seconds, compile_images = time.time(), 0, 0.0, 0
+    run.run_steps.start_epoch(epoch, first_step)  # Several processes: each its own rows.
     uncounted = (0.0, 0)  # Compile time and images not yet left out of a logged img/s.
     for chunk_start, indices in input_pipeline.train_indices(
         len(run.data.subsets["train"]),
