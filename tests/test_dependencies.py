@@ -30,7 +30,7 @@ DISTRIBUTIONS_OF_ABSENT_MODULES = {"tensorflow": ["tensorflow-cpu"]}
 
 def imported_modules(paths) -> dict:
     """{top-level module: [files importing it]} over the .py files under `paths`; absolute
-    imports only, the standard library left out."""
+    imports only, the standard library and a script's modules beside it (bench/) left out."""
     found = {}
     files = []
     for path in map(pathlib.Path, paths):
@@ -47,7 +47,8 @@ def imported_modules(paths) -> dict:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top != "__future__":
+                beside = (file.parent / f"{top}.py").is_file()
+                if top not in sys.stdlib_module_names and top != "__future__" and not beside:
                     found.setdefault(top, []).append(str(file))
     return found
 

@@ -123,8 +123,9 @@ def test_compilation_cache_setting():
 
 
 def test_a_second_run_loads_its_compiled_steps_from_the_cache(synthetic_data, tmp_path):
-    """Two processes, one (the default) cache folder: the second adds no compiled function to
-    it, and its first step, which compiled in the first run, takes less time."""
+    """Two processes, one (the default) cache folder: the second compiles no train or eval step
+    again (it loads them), and its first step, which compiled in the first run, takes less time.
+    (Tiny helpers near the cache's minimum compile time may be cached in either run.)"""
     folder = tmp_path / "cache" / compilation_cache.FOLDER_NAME
     runs = []
     for name in ("first", "second"):
@@ -140,6 +141,9 @@ def test_a_second_run_loads_its_compiled_steps_from_the_cache(synthetic_data, tm
             )
         )
     (first_entries, first), (second_entries, second) = runs
-    assert first_entries and second_entries == first_entries
+    steps = ("jit_train_step-", "jit_eval_step-")
+    assert sum(name.startswith(steps) for name in first_entries) == 2, first_entries
+    assert set(first_entries) <= set(second_entries)
+    assert not [n for n in set(second_entries) - set(first_entries) if n.startswith(steps)]
     assert second["val_loss"] == first["val_loss"]
     assert second["compile_seconds"] < first["compile_seconds"]
