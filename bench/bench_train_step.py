@@ -13,6 +13,7 @@ per second over at least --seconds of steps after --warmup steps. PyTorch runs c
 PyTorch and TensorFlow are optional (`pip install -e ".[bench]"`); missing ones are reported.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -118,7 +119,11 @@ def bench_jax(
     images, labels = synthetic_batch(batch_size)
     batch = jax.device_put({"image": images, "label": labels})
     rng = jax.random.key(0)
-    step_fn = jax.jit(steps.train_step, donate_argnums=(0,))
+    # As a run measures the gradient, parameter and update norms: at its logged steps only.
+    norm_periods = (lengths.resolve(config, train_examples, batch_size).log_every_steps,)
+    step_fn = jax.jit(
+        functools.partial(steps.train_step, norm_periods=norm_periods), donate_argnums=(0,)
+    )
     holder = {"state": state}
 
     def step():

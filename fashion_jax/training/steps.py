@@ -32,12 +32,15 @@ def train_step(
     rng,
     loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+    norm_periods: tuple = (1,),
 ):
     """One optimizer step; returns (new state, summed metrics of the batch, with the step's
     gradient, parameter and update norms: training/health.py).
 
     `loss_spec` (static) describes the heads and class weights; see fashion_jax/losses.py.
     `augment` (static) flips/shifts the uint8 images first; see fashion_jax/augment.py.
+    `norm_periods` (static): the norms are measured after steps whose number divides by one of
+    these (the logged steps; measuring every step costs ~6% of a CPU step), else zero.
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
     images = augment_lib.augment_images(batch["image"], jax.random.fold_in(dropout_rng, 1), augment)
@@ -56,7 +59,11 @@ def train_step(
     grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     previous_params = state.params
     state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-    metrics = {**metrics, **health.norm_sums(grads, previous_params, state.params)}
+    measured = functools.reduce(jnp.logical_or, [state.step % n == 0 for n in norm_periods])
+    norms = jax.lax.cond(
+        measured, health.norm_sums, health.no_norm_sums, grads, previous_params, state.params
+    )
+    metrics = {**metrics, **norms}
     if state.ema_decay:  # Bias-corrected: step t's average weighs step s's params ~ d^(t-s).
         d, t = state.ema_decay, state.step.astype(jnp.float32)
         decay = d * (1.0 - d ** (t - 1.0)) / (1.0 - d**t)
@@ -78,6 +85,7 @@ def train_steps_on_device_data(
     rng,
     loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+    norm_periods: tuple = (1,),
 ):
     """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
     device-resident uint8 `images` and `labels` by a row of `indices` [k, B]; returns (state,
@@ -88,7 +96,7 @@ def train_steps_on_device_data(
         state, sums = carry
         batch_indices, is_valid = step
         batch = {"image": images[batch_indices], "label": labels[batch_indices]}
-        new_state, metrics = train_step(state, batch, rng, loss_spec, augment)
+        new_state, metrics = train_step(state, batch, rng, loss_spec, augment, norm_periods)
         keep = functools.partial(jnp.where, is_valid)  # Exactly the old values when invalid.
         state = jax.tree.map(keep, new_state, state)
         return (state, jax.tree.map(keep, sum_metrics(sums, metrics), sums)), None
@@ -105,11 +113,17 @@ def zero_train_sums(
     rng,
     loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+    norm_periods: tuple = (1,),
 ):
     """Zeros shaped like train_step's metrics: an epoch's sums before its first step."""
     batch = {"image": images[indices[0]], "label": labels[indices[0]]}
     shapes = jax.eval_shape(
-        functools.partial(train_step, loss_spec=loss_spec, augment=augment), state, batch, rng
+        functools.partial(
+            train_step, loss_spec=loss_spec, augment=augment, norm_periods=norm_periods
+        ),
+        state,
+        batch,
+        rng,
     )[1]
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
@@ -122,6 +136,7 @@ def train_steps_on_epoch_data(
     rng,
     loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+    norm_periods: tuple = (1,),
 ):
     """The train steps `step_numbers` [k] of an epoch in one dispatch (lax.scan), from the
     epoch's batches laid out per device (host_rows.TrainRows.epoch_layout): `images` [devices,
@@ -132,9 +147,8 @@ def train_steps_on_epoch_data(
         def batch_of(x):
             return x[:, step].reshape((-1,) + x.shape[3:])
 
-        return train_step(
-            state, {"image": batch_of(images), "label": batch_of(labels)}, rng, loss_spec, augment
-        )
+        batch = {"image": batch_of(images), "label": batch_of(labels)}
+        return train_step(state, batch, rng, loss_spec, augment, norm_periods)
 
     state, metrics = jax.lax.scan(one_step, state, step_numbers)
     return state, jax.tree.map(lambda m: m.sum(0), metrics)
@@ -192,6 +206,7 @@ class TrainStepRunner:
     uploads at every epoch's start only its devices' rows of the epoch's batches
     (train_steps_on_epoch_data; its epoch's last, shorter chunk compiles once more).
     `workdir`: where a process of several records what it held (host_rows.write_record).
+    `norm_periods`: train_step's; the run passes its logging period and the epoch's length.
     """
 
     def __init__(
@@ -202,9 +217,11 @@ class TrainStepRunner:
         loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
         steps_per_epoch: int | None = None,
         workdir: str | None = None,
+        norm_periods: tuple = (1,),
     ):
         self.dp, self.subset, self.workdir = data_parallel, subset, workdir
         augment = augment_lib.from_config(config.augment)
+        options = {"loss_spec": loss_spec, "augment": augment, "norm_periods": norm_periods}
         choice = str(config.data_on_device).lower()
         self.on_device = (jax.default_backend() != "cpu") if choice == "auto" else choice == "true"
         self.steps_per_dispatch = (config.steps_per_dispatch or 50) if self.on_device else 1
@@ -224,7 +241,7 @@ class TrainStepRunner:
         self.step_in_epoch, self.epoch_data = 0, None
         if self.per_epoch_upload:
             self._run = jax.jit(
-                functools.partial(train_steps_on_epoch_data, loss_spec=loss_spec, augment=augment),
+                functools.partial(train_steps_on_epoch_data, **options),
                 donate_argnums=(0,),
                 in_shardings=(replicated, sharded, sharded, replicated, replicated),
                 out_shardings=(replicated, replicated),
@@ -232,7 +249,6 @@ class TrainStepRunner:
         elif self.on_device:
             self.images = data_parallel.replicate(subset.images)
             self.labels = data_parallel.replicate(subset.labels)
-            options = {"loss_spec": loss_spec, "augment": augment}
             self._run = jax.jit(
                 functools.partial(train_steps_on_device_data, **options),
                 donate_argnums=(0, 1),
@@ -245,7 +261,7 @@ class TrainStepRunner:
             )
         else:
             self._run = jax.jit(
-                functools.partial(train_step, loss_spec=loss_spec, augment=augment),
+                functools.partial(train_step, **options),
                 donate_argnums=(0,),
                 in_shardings=(replicated, data_parallel.batch_sharded, replicated),
                 out_shardings=(replicated, replicated),

@@ -162,7 +162,15 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         models.initial_params(config.model, train.images) if fresh else None,
     )
     parameter_counts = state_lib.count_parameters(state)
-    run_steps = steps.TrainStepRunner(dp, train, config, loss_spec, steps_per_epoch, workdir)
+    run_steps = steps.TrainStepRunner(
+        dp,
+        train,
+        config,
+        loss_spec,
+        steps_per_epoch,
+        workdir,
+        norm_periods=(run_lengths.log_every_steps, steps_per_epoch),  # What the log shows.
+    )
     logging.info(
         "Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",
         parameter_counts,
