@@ -1,6 +1,7 @@
 """Shared fixtures: tiny synthetic datasets in the Kaggle layout, and the real data's location."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -137,6 +138,21 @@ requires_real_data = pytest.mark.skipif(
     reason="the real dataset is not found: set $FASHION_DATA_DIR, or unzip it into "
     "data/fashion-product-images-small/ in the checkout (README, Quickstart)",
 )
+
+
+def json_from_cpu_devices(code: str, devices: int):
+    """Runs Python `code` in a fresh process with `devices` CPU devices (their number is fixed at
+    JAX's start); returns the JSON its last stdout line prints."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu"),
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def launch_run_train(workdir, data_dir, cache_dir, *extra, env=None):

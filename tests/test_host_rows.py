@@ -1,17 +1,12 @@
 """Per-host data: with several processes each reads only its rows of the image cache, and what it
 reads gives the same batches as a process that holds every image."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from fashion_jax.data import host_rows
 from fashion_jax.data import input_pipeline
-from tests.conftest import REPO_ROOT
+from tests.conftest import json_from_cpu_devices
 
 
 @pytest.fixture
@@ -138,16 +133,7 @@ print(json.dumps({
 def test_device_data_uploaded_per_epoch_trains_as_replicated_device_data():
     """Device data of a process of several: each epoch's rows uploaded per device (2 CPU
     devices here) give the steps that all of train, replicated on every device, gives."""
-    result = subprocess.run(
-        [sys.executable, "-c", EPOCH_UPLOAD],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu"),
-    )
-    assert result.returncode == 0, result.stderr
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    numbers = json_from_cpu_devices(EPOCH_UPLOAD, devices=2)
     assert numbers["per_epoch_upload"] == [False, True]
     replicated, uploaded = numbers["loss_sums"]
     assert len(replicated) == len(uploaded) == 3  # Epoch 0: steps 0-1, 2-3; epoch 1: 2-3.

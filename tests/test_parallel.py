@@ -10,15 +10,13 @@ individual parameters, so parameters after a run are not the thing to compare.
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT
 from tests.conftest import assert_same_run
+from tests.conftest import json_from_cpu_devices
 from tests.conftest import launch_run_train
 from tests.conftest import write_synthetic_dataset
 
@@ -89,16 +87,7 @@ print(json.dumps({
 
 
 def test_one_step_on_eight_devices_matches_one_device():
-    result = subprocess.run(
-        [sys.executable, "-c", ONE_STEP],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu"),
-    )
-    assert result.returncode == 0, result.stderr
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    numbers = json_from_cpu_devices(ONE_STEP, devices=8)
     # Gradients: the same sums in another order (float32): ~1e-7 of the largest gradient.
     assert numbers["gradient_absolute"] <= 1e-5 * numbers["gradient_scale"], numbers
     # One Adam step moves each parameter by about the learning rate (1e-3): the updated
