@@ -37,6 +37,13 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    100,
+    "Multi-process: a process silent this long is taken as dead and the others stop (JAX's "
+    "default). A collective notices a dead process at once; this bounds the wait of the others "
+    "at a checkpoint's barrier.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,7 +60,11 @@ def main(argv):
             FLAGS.config, FLAGS.workdir
         )  # Before any data, device or compile work.
         parallel.initialize_distributed(
-            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            auto=FLAGS.distributed,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except errors.PeerLostError as e:

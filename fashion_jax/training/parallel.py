@@ -22,16 +22,22 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     auto: bool = False,
+    heartbeat_timeout_seconds: int = 100,
 ):
     """Joins a multi-process job, from explicit values or the launcher's environment.
 
     With `auto` (or any value given), `jax.distributed.initialize` is called; values left None
-    are detected by JAX from SLURM, Open MPI, Kubernetes or TPU environments.
+    are detected by JAX from SLURM, Open MPI, Kubernetes or TPU environments. A process that
+    dies while the others wait at a checkpoint's barrier (JAX's coordination service, not a
+    collective, which fails at once) is noticed after `heartbeat_timeout_seconds`.
     """
     if not (auto or coordinator_address or num_processes or process_id is not None):
         return
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
     logging.info(
         "Process %d of %d; %d local and %d global devices.",
