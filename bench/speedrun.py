@@ -3,6 +3,8 @@ r"""Time to accuracy: train recipes from scratch for several seeds and report th
   python bench/speedrun.py --recipes=speedrun --seeds=5 --output=speedrun.json
   python bench/speedrun.py --recipes=speedrun,adam,study --seeds=5 --keras_images_per_second=155
   python bench/speedrun.py --recipes=speedrun --seeds=1 --max_rows=600 --target=0.5   # a smoke run
+  python bench/speedrun.py --recipes=speedrun,adam --seeds=5 --recipe_seeds=adam=3 \
+      --stop_at_target=adam --extra_targets=0.981   # in turns: speedrun 0, adam 0, speedrun 1, ...
 
 Each seed is its own `run_train.py` process, started after the image cache is warm, then
 `run_eval.py` gives its val, test and control accuracy (the last checkpoint, with the test-time
@@ -45,6 +47,20 @@ def define_flags():
     flags.DEFINE_list("recipes", ["speedrun"], f"Recipes to time: {', '.join(RECIPES)}.")
     flags.DEFINE_integer("seeds", 5, "Seeds per recipe (--config.seed and init), each a process.")
     flags.DEFINE_integer("first_seed", 0, "The first seed.")
+    flags.DEFINE_list(
+        "recipe_seeds",
+        [],
+        "Seeds for some recipes instead of --seeds, e.g. adam=3 (a configs/adam.py seed costs "
+        "about four speedruns).",
+    )
+    flags.DEFINE_enum(
+        "order",
+        "seed",
+        ["seed", "recipe"],
+        "seed: the recipes take turns, seed by seed (speedrun 0, adam 0, speedrun 1, ...), so "
+        "that a machine whose speed drifts during the sitting slows both alike; recipe: every "
+        "seed of one recipe, then the next.",
+    )
     flags.DEFINE_float(
         "target", STUDY_TARGET, "Val accuracy whose time to first reach is reported."
     )
@@ -58,6 +74,12 @@ def define_flags():
         "Recipes whose runs stop after the first epoch reaching --target on val "
         "(--config.early_stopping.target_accuracy), e.g. adam,study: their time to the target "
         "without the rest of their schedule; their val/test/control are then that epoch's.",
+    )
+    flags.DEFINE_list(
+        "extra_targets",
+        [],
+        "More val accuracies whose time to first reach is reported, e.g. 0.981 (the best the "
+        "study's exact recipe reached here).",
     )
     flags.DEFINE_string("root", "speedrun_runs", "Folder for the workdirs and evaluations.")
     flags.DEFINE_float(
@@ -149,6 +171,10 @@ def run_seed(recipe: str, seed: int) -> dict:
     with open(os.path.join(output_dir, "report.json")) as f:
         subsets = accuracies(json.load(f))
     seconds, epochs = time_to_target(history, FLAGS.target)
+    extra = {
+        f"seconds_to_{target}": time_to_target(history, float(target))[0]
+        for target in FLAGS.extra_targets
+    }
     return {
         "recipe": recipe,
         "seed": seed,
@@ -159,8 +185,25 @@ def run_seed(recipe: str, seed: int) -> dict:
         "seconds_to_target": seconds,
         "epochs_to_target": epochs,
         "val_by_epoch": [r["val_accuracy"] for r in history],
+        **extra,
         **{f"{subset}_accuracy": value for subset, value in subsets.items()},
     }
+
+
+def run_order(recipes: list, seeds: int, recipe_seeds: list, first_seed: int, order: str):
+    """[(recipe, seed)] in the order they run; `recipe_seeds` ("adam=3") overrides `seeds`."""
+    counts = {recipe: seeds for recipe in recipes}
+    for item in recipe_seeds:
+        recipe, _, count = item.partition("=")
+        if recipe not in counts or not count.isdigit():
+            raise app.UsageError(
+                f"--recipe_seeds={item}: expected <recipe>=<count> for one of {recipes}"
+            )
+        counts[recipe] = int(count)
+    pairs = [(r, first_seed + i) for r in recipes for i in range(counts[r])]
+    if order == "seed":
+        pairs.sort(key=lambda pair: pair[1])  # Stable: the recipes' order within a seed.
+    return pairs
 
 
 def mean_and_spread(values) -> str:
@@ -188,6 +231,7 @@ def summarise(runs: list, target: float, keras_rate: float, train_images: int = 
                 "compile_seconds",
                 "seconds_to_target",
                 "epochs_to_target",
+                *sorted(k for k in mine[0] if k.startswith("seconds_to_0")),
             )
         }
         row["seeds_reaching_target"] = f"{len(reached)} of {len(mine)} (val >= {target})"
@@ -215,10 +259,10 @@ def main(argv):
     os.makedirs(FLAGS.root, exist_ok=True)
     warm_image_cache()
     runs = []
-    for recipe in FLAGS.recipes:
-        for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
-            runs.append(run_seed(recipe, seed))
-            print(json.dumps(runs[-1]), flush=True)
+    order = run_order(FLAGS.recipes, FLAGS.seeds, FLAGS.recipe_seeds, FLAGS.first_seed, FLAGS.order)
+    for recipe, seed in order:
+        runs.append(run_seed(recipe, seed))
+        print(json.dumps(runs[-1]), flush=True)
     with open(os.path.join(runs[0]["workdir"], "summary.json")) as f:
         train_images = json.load(f)["train_images"]
     summary = summarise(runs, FLAGS.target, FLAGS.keras_images_per_second, train_images)

@@ -107,6 +107,22 @@ def test_time_to_target_counts_training_and_epoch_ends_until_the_first_epoch_rea
     assert bench.time_to_target(history, 0.995) == (None, None)
 
 
+def test_recipes_take_turns_seed_by_seed_each_with_its_own_number_of_seeds():
+    bench = load_speedrun_bench()
+    order = bench.run_order(["speedrun", "adam"], 3, ["adam=2"], 10, "seed")
+    assert order == [
+        ("speedrun", 10),
+        ("adam", 10),
+        ("speedrun", 11),
+        ("adam", 11),
+        ("speedrun", 12),
+    ]
+    by_recipe = bench.run_order(["speedrun", "adam"], 3, ["adam=2"], 10, "recipe")
+    assert by_recipe == sorted(order, key=lambda pair: pair[0] == "adam")
+    with pytest.raises(bench.app.UsageError, match="--recipe_seeds=study=2"):
+        bench.run_order(["speedrun", "adam"], 3, ["study=2"], 0, "seed")
+
+
 def test_the_summary_is_the_mean_and_spread_over_seeds_and_says_who_missed():
     bench = load_speedrun_bench()
     runs = [
