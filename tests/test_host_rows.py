@@ -113,16 +113,18 @@ for name, images in (("replicated", cache[positions]),
         config.optimizer), (80, 60, 3), dp.replicated)
     key = jax.jit(lambda: jax.random.key(0), out_shardings=dp.replicated)()
     sums = []
-    for epoch, first_step in ((0, 0), (1, 2)):  # The second as if resumed after two steps.
+    for epoch, first_step in ((0, 0), (1, 1)):  # The second as if resumed after one step.
         runner.start_epoch(epoch, first_step)
         for _, indices in input_pipeline.train_indices(60, 16, 0, epoch, first_step,
                                                        steps_per_chunk=2):
             state, metrics = runner(state, None, indices, key)
             sums.append(float(metrics["loss_sum"]))
-    results[name] = (runner.per_epoch_upload, sums, jax.device_get(state.params))
+    results[name] = (runner.per_epoch_upload, sums, jax.device_get(state.params),
+                     runner._run._cache_size())
 a, b = results["replicated"], results["epoch upload"]
 print(json.dumps({
     "per_epoch_upload": [a[0], b[0]],
+    "compiled": [a[3], b[3]],
     "loss_sums": [a[1], b[1]],
     "params_absolute": max(float(np.max(np.abs(x - y))) for x, y in
                            zip(jax.tree.leaves(a[2]), jax.tree.leaves(b[2]))),
@@ -135,7 +137,8 @@ def test_device_data_uploaded_per_epoch_trains_as_replicated_device_data():
     devices here) give the steps that all of train, replicated on every device, gives."""
     numbers = json_from_cpu_devices(EPOCH_UPLOAD, devices=2)
     assert numbers["per_epoch_upload"] == [False, True]
+    assert numbers["compiled"] == [1, 1]  # The short chunk reused the compiled scan.
     replicated, uploaded = numbers["loss_sums"]
-    assert len(replicated) == len(uploaded) == 3  # Epoch 0: steps 0-1, 2-3; epoch 1: 2-3.
+    assert len(replicated) == len(uploaded) == 4  # Epoch 0: steps 0-1, 2-3; epoch 1: 1-2, 3.
     assert uploaded == pytest.approx(replicated, rel=1e-5)
     assert numbers["params_absolute"] <= 1e-6, numbers

@@ -75,6 +75,23 @@ def train_step(
     return state, metrics
 
 
+def _masked_train_scan(state, sums, batch_of, xs, valid, rng, loss_spec, augment, norm_periods):
+    """len(valid) train steps in one lax.scan, step i on batch_of(xs[i]); returns (state, `sums`
+    + the steps' metric sums). Steps whose `valid` is False pad a shorter chunk (an epoch's
+    last, a resume's first) to the compiled length: they change neither state nor sums."""
+
+    def one_step(carry, step):
+        state, sums = carry
+        x, is_valid = step
+        new_state, metrics = train_step(state, batch_of(x), rng, loss_spec, augment, norm_periods)
+        keep = functools.partial(jnp.where, is_valid)  # Exactly the old values when invalid.
+        state = jax.tree.map(keep, new_state, state)
+        return (state, jax.tree.map(keep, sum_metrics(sums, metrics), sums)), None
+
+    (state, sums), _ = jax.lax.scan(one_step, (state, sums), (xs, valid))
+    return state, sums
+
+
 def train_steps_on_device_data(
     state: TrainState,
     sums,
@@ -87,36 +104,57 @@ def train_steps_on_device_data(
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
     norm_periods: tuple = (1,),
 ):
-    """len(indices) train steps in one dispatch (lax.scan), each batch gathered from the
-    device-resident uint8 `images` and `labels` by a row of `indices` [k, B]; returns (state,
-    `sums` + the steps' metric sums). Steps whose `valid` [k] is False pad a shorter chunk (an
-    epoch's last) to k, so that every chunk compiles once: they change neither state nor sums."""
+    """len(indices) train steps in one dispatch, each batch gathered from the device-resident
+    uint8 `images` and `labels` by a row of `indices` [k, B], the steps whose `valid` [k] is
+    False padding (_masked_train_scan)."""
 
-    def one_step(carry, step):
-        state, sums = carry
-        batch_indices, is_valid = step
-        batch = {"image": images[batch_indices], "label": labels[batch_indices]}
-        new_state, metrics = train_step(state, batch, rng, loss_spec, augment, norm_periods)
-        keep = functools.partial(jnp.where, is_valid)  # Exactly the old values when invalid.
-        state = jax.tree.map(keep, new_state, state)
-        return (state, jax.tree.map(keep, sum_metrics(sums, metrics), sums)), None
+    def batch_of(batch_indices):
+        return {"image": images[batch_indices], "label": labels[batch_indices]}
 
-    (state, sums), _ = jax.lax.scan(one_step, (state, sums), (indices, valid))
-    return state, sums
+    return _masked_train_scan(
+        state, sums, batch_of, indices, valid, rng, loss_spec, augment, norm_periods
+    )
 
 
-def zero_train_sums(
+def train_steps_on_epoch_data(
     state: TrainState,
+    sums,
     images,
     labels,
-    indices,
+    step_numbers,
+    valid,
     rng,
     loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
     augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
     norm_periods: tuple = (1,),
 ):
-    """Zeros shaped like train_step's metrics: an epoch's sums before its first step."""
-    batch = {"image": images[indices[0]], "label": labels[indices[0]]}
+    """The train steps `step_numbers` [k] of an epoch in one dispatch, from the epoch's batches
+    laid out per device (host_rows.TrainRows.epoch_layout): `images` [devices, steps, rows per
+    device, H, W, 3] sharded along devices, so each device slices its own rows of a step's
+    batch, and the batch, [devices * rows], is sharded as a host batch is. Padding as
+    train_steps_on_device_data's."""
+
+    def batch_of(step):
+        def rows(x):
+            return x[:, step].reshape((-1,) + x.shape[3:])
+
+        return {"image": rows(images), "label": rows(labels)}
+
+    return _masked_train_scan(
+        state, sums, batch_of, step_numbers, valid, rng, loss_spec, augment, norm_periods
+    )
+
+
+def zero_train_sums(
+    state: TrainState,
+    batch,
+    rng,
+    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
+    augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
+    norm_periods: tuple = (1,),
+):
+    """Host zeros shaped like train_step's metrics for `batch` (arrays or jax.ShapeDtypeStruct
+    of a global batch): an epoch's sums before its first step."""
     shapes = jax.eval_shape(
         functools.partial(
             train_step, loss_spec=loss_spec, augment=augment, norm_periods=norm_periods
@@ -125,33 +163,7 @@ def zero_train_sums(
         batch,
         rng,
     )[1]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def train_steps_on_epoch_data(
-    state: TrainState,
-    images,
-    labels,
-    step_numbers,
-    rng,
-    loss_spec: losses_lib.LossSpec = SINGLE_HEAD,
-    augment: augment_lib.AugmentSpec = augment_lib.NO_AUGMENT,
-    norm_periods: tuple = (1,),
-):
-    """The train steps `step_numbers` [k] of an epoch in one dispatch (lax.scan), from the
-    epoch's batches laid out per device (host_rows.TrainRows.epoch_layout): `images` [devices,
-    steps, rows per device, H, W, 3] sharded along devices, so each device slices its own rows
-    of a step's batch, and the batch, [devices * rows], is sharded as a host batch is."""
-
-    def one_step(state, step):
-        def batch_of(x):
-            return x[:, step].reshape((-1,) + x.shape[3:])
-
-        batch = {"image": batch_of(images), "label": batch_of(labels)}
-        return train_step(state, batch, rng, loss_spec, augment, norm_periods)
-
-    state, metrics = jax.lax.scan(one_step, state, step_numbers)
-    return state, jax.tree.map(lambda m: m.sum(0), metrics)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def eval_step(
@@ -204,7 +216,7 @@ class TrainStepRunner:
     (lax.scan), shorter chunks padded with steps that change nothing, so Python is not in the
     loop per step and the scan compiles once. With several processes and device data, each
     uploads at every epoch's start only its devices' rows of the epoch's batches
-    (train_steps_on_epoch_data; its epoch's last, shorter chunk compiles once more).
+    (train_steps_on_epoch_data, padded alike).
     `workdir`: where a process of several records what it held (host_rows.write_record).
     `norm_periods`: train_step's; the run passes its logging period and the epoch's length.
     """
@@ -238,27 +250,25 @@ class TrainStepRunner:
         replicated, sharded = data_parallel.replicated, data_parallel.batch_sharded
         self._sum = jax.jit(sum_metrics, out_shardings=replicated)
         self.per_epoch_upload = self.on_device and not self.rows.in_memory
-        self.step_in_epoch, self.epoch_data = 0, None
-        if self.per_epoch_upload:
-            self._run = jax.jit(
-                functools.partial(train_steps_on_epoch_data, **options),
-                donate_argnums=(0,),
-                in_shardings=(replicated, sharded, sharded, replicated, replicated),
-                out_shardings=(replicated, replicated),
+        self.step_in_epoch, self.epoch_data, self._zeros = 0, None, None
+        self._zero_sums = functools.partial(zero_train_sums, **options)
+        if self.on_device:
+            # (state, sums, images, labels, indices or step numbers, valid, rng)
+            data_sharding = sharded if self.per_epoch_upload else replicated
+            index_sharding = replicated if self.per_epoch_upload else data_parallel.chunk_sharded
+            scan = (
+                train_steps_on_epoch_data if self.per_epoch_upload else train_steps_on_device_data
             )
-        elif self.on_device:
-            self.images = data_parallel.replicate(subset.images)
-            self.labels = data_parallel.replicate(subset.labels)
             self._run = jax.jit(
-                functools.partial(train_steps_on_device_data, **options),
+                functools.partial(scan, **options),
                 donate_argnums=(0, 1),
-                in_shardings=(replicated, replicated, replicated, replicated)
-                + (data_parallel.chunk_sharded, replicated, replicated),
+                in_shardings=(replicated, replicated, data_sharding, data_sharding)
+                + (index_sharding, replicated, replicated),
                 out_shardings=(replicated, replicated),
             )
-            self._zero_sums = jax.jit(
-                functools.partial(zero_train_sums, **options), out_shardings=replicated
-            )
+            if not self.per_epoch_upload:
+                self.images = data_parallel.replicate(subset.images)
+                self.labels = data_parallel.replicate(subset.labels)
         else:
             self._run = jax.jit(
                 functools.partial(train_step, **options),
@@ -302,16 +312,8 @@ class TrainStepRunner:
         """(state, sums + the chunk's metric sums); `sums` None at an epoch's start."""
         steps = np.arange(self.step_in_epoch, self.step_in_epoch + len(indices))
         self.step_in_epoch += len(indices)
-        if self.per_epoch_upload:
-            if not np.array_equal(self.rows.epoch_indices[steps], indices):
-                raise ValueError(f"steps {steps[0]}.. are not those of the epoch started last")
-            step_numbers = self.dp.replicate(steps.astype(np.int32))  # Explicit transfer.
-            with jax.transfer_guard("disallow"):
-                data = self.epoch_data
-                state, metrics = self._run(state, data["image"], data["label"], step_numbers, rng)
-                return state, metrics if sums is None else self._sum(sums, metrics)
         if self.on_device:
-            return self._run_on_device(state, sums, indices, rng)
+            return self._run_on_device(state, sums, indices, steps, rng)
         if len(indices) != 1:
             raise ValueError("host data runs one step per dispatch")
         device_batch = self.dp.shard_batch(self.rows.batch(indices[0]))
@@ -319,18 +321,44 @@ class TrainStepRunner:
             state, metrics = self._run(state, device_batch, rng)
             return state, metrics if sums is None else self._sum(sums, metrics)
 
-    def _run_on_device(self, state: TrainState, sums, indices, rng):
-        steps = len(indices)
-        if steps > self.steps_per_dispatch:
-            raise ValueError(f"{steps} steps in a chunk of at most {self.steps_per_dispatch}")
-        padded = np.zeros((self.steps_per_dispatch, indices.shape[1]), np.int32)
-        padded[:steps] = indices
-        device_indices = self.dp.shard_chunk(padded)  # Explicit transfers.
-        valid = self.dp.replicate(np.arange(self.steps_per_dispatch) < steps)
+    def _run_on_device(self, state: TrainState, sums, indices, steps, rng):
+        count = len(indices)
+        if count > self.steps_per_dispatch:
+            raise ValueError(f"{count} steps in a chunk of at most {self.steps_per_dispatch}")
+        valid = np.arange(self.steps_per_dispatch) < count  # Padding: compiled once.
+        if self.per_epoch_upload:
+            if not np.array_equal(self.rows.epoch_indices[steps], indices):
+                raise ValueError(f"steps {steps[0]}.. are not those of the epoch started last")
+            step_numbers = np.zeros(self.steps_per_dispatch, np.int32)
+            step_numbers[:count] = steps
+            xs = self.dp.replicate(step_numbers)  # Explicit transfers, as below.
+            images, labels = self.epoch_data["image"], self.epoch_data["label"]
+        else:
+            padded = np.zeros((self.steps_per_dispatch, indices.shape[1]), np.int32)
+            padded[:count] = indices
+            xs = self.dp.shard_chunk(padded)
+            images, labels = self.images, self.labels
+        if sums is None:
+            sums = self.dp.replicate(self._epoch_zeros(state, rng))
+        valid = self.dp.replicate(valid)
         with jax.transfer_guard("disallow"):
-            if sums is None:
-                sums = self._zero_sums(state, self.images, self.labels, device_indices, rng)
-            return self._run(state, sums, self.images, self.labels, device_indices, valid, rng)
+            return self._run(state, sums, images, labels, xs, valid, rng)
+
+    def _epoch_zeros(self, state: TrainState, rng):
+        """Zero metric sums (host numpy), from the global batch's shapes, traced once."""
+        if self._zeros is None:
+            batch_size = self.rows.batch_size
+            batch = {
+                "image": jax.ShapeDtypeStruct(
+                    (batch_size,) + self.subset.images.shape[1:], self.subset.images.dtype
+                ),
+                "label": jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct((batch_size,) + a.shape[1:], a.dtype),
+                    self.subset.labels,
+                ),
+            }
+            self._zeros = self._zero_sums(state, batch, rng)
+        return self._zeros
 
 
 class SubsetMetrics:
