@@ -131,7 +131,7 @@ def warm_image_cache():
     run_logged(command, os.path.join(FLAGS.root, "warm_cache.log"))
 
 
-def run_seed(recipe: str, seed: int) -> dict:
+def run_seed(recipe: str, seed: int, extra_targets: list) -> dict:
     config, recipe_overrides = RECIPES[recipe]
     workdir = os.path.abspath(os.path.join(FLAGS.root, f"{recipe}_seed{seed}"))
     overrides = [
@@ -171,10 +171,7 @@ def run_seed(recipe: str, seed: int) -> dict:
     with open(os.path.join(output_dir, "report.json")) as f:
         subsets = accuracies(json.load(f))
     seconds, epochs = time_to_target(history, FLAGS.target)
-    extra = {
-        f"seconds_to_{target}": time_to_target(history, float(target))[0]
-        for target in FLAGS.extra_targets
-    }
+    extra = {f"seconds_to_{target}": time_to_target(history, target)[0] for target in extra_targets}
     return {
         "recipe": recipe,
         "seed": seed,
@@ -188,6 +185,19 @@ def run_seed(recipe: str, seed: int) -> dict:
         **extra,
         **{f"{subset}_accuracy": value for subset, value in subsets.items()},
     }
+
+
+def parse_targets(items: list) -> list:
+    """--extra_targets as val accuracies in (0, 1], refused before any run."""
+    try:
+        targets = [float(item) for item in items]
+    except ValueError:
+        targets = []
+    if len(targets) != len(items) or not all(0.0 < t <= 1.0 for t in targets):
+        raise app.UsageError(
+            f"--extra_targets={','.join(items)}: expected val accuracies in (0, 1], e.g. 0.981"
+        )
+    return targets
 
 
 def run_order(recipes: list, seeds: int, recipe_seeds: list, first_seed: int, order: str):
@@ -231,7 +241,9 @@ def summarise(runs: list, target: float, keras_rate: float, train_images: int = 
                 "compile_seconds",
                 "seconds_to_target",
                 "epochs_to_target",
-                *sorted(k for k in mine[0] if k.startswith("seconds_to_0")),
+                *sorted(
+                    k for k in mine[0] if k.startswith("seconds_to_") and k != "seconds_to_target"
+                ),
             )
         }
         row["seeds_reaching_target"] = f"{len(reached)} of {len(mine)} (val >= {target})"
@@ -256,12 +268,14 @@ def main(argv):
     unknown = sorted(set(FLAGS.recipes) - set(RECIPES))
     if unknown:
         raise app.UsageError(f"--recipes: unknown {unknown}; choose from {', '.join(RECIPES)}")
+    # Flags are checked before the image cache is warmed and any seed trains.
+    order = run_order(FLAGS.recipes, FLAGS.seeds, FLAGS.recipe_seeds, FLAGS.first_seed, FLAGS.order)
+    extra_targets = parse_targets(FLAGS.extra_targets)
     os.makedirs(FLAGS.root, exist_ok=True)
     warm_image_cache()
     runs = []
-    order = run_order(FLAGS.recipes, FLAGS.seeds, FLAGS.recipe_seeds, FLAGS.first_seed, FLAGS.order)
     for recipe, seed in order:
-        runs.append(run_seed(recipe, seed))
+        runs.append(run_seed(recipe, seed, extra_targets))
         print(json.dumps(runs[-1]), flush=True)
     with open(os.path.join(runs[0]["workdir"], "summary.json")) as f:
         train_images = json.load(f)["train_images"]

@@ -121,17 +121,23 @@ def test_recipes_take_turns_seed_by_seed_each_with_its_own_number_of_seeds():
     assert by_recipe == sorted(order, key=lambda pair: pair[0] == "adam")
     with pytest.raises(bench.app.UsageError, match="--recipe_seeds=study=2"):
         bench.run_order(["speedrun", "adam"], 3, ["study=2"], 0, "seed")
+    assert bench.parse_targets(["0.981", "1"]) == [0.981, 1.0]
+    for bad in (["98.1"], ["x"]):
+        with pytest.raises(bench.app.UsageError, match="--extra_targets="):
+            bench.parse_targets(bad)
 
 
 def test_the_summary_is_the_mean_and_spread_over_seeds_and_says_who_missed():
     bench = load_speedrun_bench()
+    k = "seconds_to_0.981"
     runs = [
-        {"recipe": "speedrun", "val_accuracy": 0.99, "seconds_to_target": 100.0},
-        {"recipe": "speedrun", "val_accuracy": 0.98, "seconds_to_target": None},
-        {"recipe": "speedrun", "val_accuracy": 0.985, "seconds_to_target": 120.0},
+        {"recipe": "speedrun", "val_accuracy": 0.99, "seconds_to_target": 100.0, k: 10.0},
+        {"recipe": "speedrun", "val_accuracy": 0.98, "seconds_to_target": None, k: 30.0},
+        {"recipe": "speedrun", "val_accuracy": 0.985, "seconds_to_target": 120.0, k: 20.0},
     ]
     row = bench.summarise(runs, 0.9885, 0.0)["speedrun"]
     assert row["val_accuracy"] == "0.9850 +- 0.0050 (n=3)"
+    assert row[k] == "20.0000 +- 10.0000 (n=3)"  # An --extra_targets time.
     assert row["seeds_reaching_target"] == "2 of 3 (val >= 0.9885)"
     assert row["mean_seconds_to_target"] == pytest.approx(110.0)
 
