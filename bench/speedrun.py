@@ -118,17 +118,17 @@ def accuracies(report: dict) -> dict:
     return {subset: m["accuracy"] for subset, m in result["metrics"].items()}
 
 
-def warm_image_cache():
+def warm_image_cache(root: str, max_rows: int):
     """Decodes the photos of the dataset found by default once, so that no timed run decodes
-    them (a --override of the data folder is not warmed)."""
+    them (a --override of the data folder is not warmed); the log goes to `root`."""
     command = [
         sys.executable,
         "-c",
         "import sys; sys.path.insert(0, '.'); from configs import default; "
         "from fashion_jax.data import dataset; config = default.get_config(); "
-        f"config.data.max_rows = {FLAGS.max_rows}; dataset.load_data(config.data, None)",
+        f"config.data.max_rows = {max_rows}; dataset.load_data(config.data, None)",
     ]
-    run_logged(command, os.path.join(FLAGS.root, "warm_cache.log"))
+    run_logged(command, os.path.join(root, "warm_cache.log"))
 
 
 def run_seed(recipe: str, seed: int, extra_targets: list) -> dict:
@@ -272,7 +272,7 @@ def main(argv):
     order = run_order(FLAGS.recipes, FLAGS.seeds, FLAGS.recipe_seeds, FLAGS.first_seed, FLAGS.order)
     extra_targets = parse_targets(FLAGS.extra_targets)
     os.makedirs(FLAGS.root, exist_ok=True)
-    warm_image_cache()
+    warm_image_cache(FLAGS.root, FLAGS.max_rows)
     runs = []
     for recipe, seed in order:
         runs.append(run_seed(recipe, seed, extra_targets))

@@ -85,6 +85,31 @@ def test_eval_with_flip_tta_scores_the_mean_of_photo_and_mirror_probabilities():
         steps.eval_step(state, batch, tta="rotate")
 
 
+def test_flip_shift_tta_averages_six_views_moved_by_one_pixel_with_edges_repeated():
+    images = np.arange(2 * 4 * 3 * 1, dtype=np.uint8).reshape(2, 4, 3, 1)
+    views = [np.asarray(v) for v in models.tta_views(images, "flip_shift")]
+    assert len(views) == 6
+    np.testing.assert_array_equal(views[1], images[:, :, ::-1])
+    down_right = views[2]
+    np.testing.assert_array_equal(down_right[:, 1:, 1:], images[:, :-1, :-1])
+    np.testing.assert_array_equal(down_right[:, 0, 1:], images[:, 0, :-1])  # Top row repeated.
+    np.testing.assert_array_equal(down_right[:, 1:, 0], images[:, :-1, 0])  # Left column too.
+    np.testing.assert_array_equal(views[4][:, :-1, :-1], images[:, 1:, 1:])  # Up-left.
+    np.testing.assert_array_equal(views[5], views[4][:, :, ::-1])
+
+    state = make_state()
+    batch = synthetic_batch(n=8)["image"]
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    probabilities = [
+        np.asarray(jax.nn.softmax(models.predict_logits(state.apply_fn, variables, v)))
+        for v in models.tta_views(batch, "flip_shift")
+    ]
+    got = models.predict_log_probabilities(state.apply_fn, variables, batch, "flip_shift")
+    np.testing.assert_allclose(np.exp(got), np.mean(probabilities, axis=0), rtol=1e-5)
+    flip = models.predict_log_probabilities(state.apply_fn, variables, batch, "flip")
+    assert np.abs(np.asarray(got) - np.asarray(flip)).max() > 1e-4  # The shifts count.
+
+
 def test_train_indices_cover_the_epoch_with_fixed_shapes():
     chunks = list(input_pipeline.train_indices(10, 4, seed=0, epoch=0))
     assert [s for s, _ in chunks] == [0, 1, 2]

@@ -23,7 +23,7 @@ def get_config():
     # checkout, ../shared/data, kagglehub (fashion_jax/data/locate.py).
     config.data_dir = ""
     config.head = ""  # Multi-head runs: one head, or "" for every head (plus heads.md).
-    config.tta = "none"  # Test-time augmentation: none, or flip (mean with the mirror image).
+    config.tta = "none"  # Test-time augmentation: none, flip, flip_shift (fashion_jax/models).
     config.progress_bar = True  # Drawn only on a terminal.
     # Multi-head runs: label columns that form a hierarchy, coarse to fine (every fine class
     # belongs to one coarse class). Used for the consistency check of heads.md, the consistent

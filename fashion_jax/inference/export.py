@@ -30,7 +30,7 @@ INPUT_NAME = "images"
 
 def probabilities_function(classifier):
     """uint8 images -> tuple of probabilities, one per head, as the classifier computes them
-    (its members' probabilities averaged with its weights, flip TTA included), with XLA's
+    (its members' probabilities averaged with its weights, its test-time augmentation included), with XLA's
     convolution."""
     mixture = classifier.mixture
     members = [(model.clone(conv_impl="xla"), variables) for model, variables in mixture.members]
@@ -45,10 +45,8 @@ def probabilities_function(classifier):
     def probabilities(images):
         total = {h: 0.0 for h in heads}
         for (model, variables), weight in zip(members, weights):
-            outputs = one_model(model, variables, images)
-            if mixture.tta == "flip":
-                mirrored = one_model(model, variables, images[:, :, ::-1])
-                outputs = {h: (outputs[h] + mirrored[h]) / 2 for h in heads}
+            views = [one_model(model, variables, v) for v in models.tta_views(images, mixture.tta)]
+            outputs = {h: sum(v[h] for v in views) / len(views) for h in heads}
             total = {h: total[h] + weight * outputs[h] for h in heads}
         return tuple(total[h] for h in heads)
 

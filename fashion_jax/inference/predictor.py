@@ -4,8 +4,9 @@ Predictions are log-probabilities [N, num_classes] (float32): the loss stays fin
 mistakes, and an ensemble is the exact log of its weighted mean of probabilities. A multi-head
 model gives one such array per head ({head: [N, C_h]}), or only the `head` asked for.
 
-Test-time augmentation (`tta="flip"`): each image's prediction is the mean of the probabilities
-of the image and of its mirror image, for models trained with --config.augment.flip.
+Test-time augmentation (`tta`, models.TTA_MODES): each image's prediction is the mean of the
+probabilities of its views: "flip" the image and its mirror image, for models trained with
+--config.augment.flip; "flip_shift" those and both moved by one pixel (six views).
 """
 
 import functools

@@ -32,25 +32,58 @@ def predict_logits(apply_fn, variables, images):
     return apply_fn(variables, scale_images(images), train=False)
 
 
-# Test-time augmentation: "flip" predicts the mean of the probabilities of each image and of its
-# mirror image (for models trained with --config.augment.flip).
-TTA_MODES = ("none", "flip")
+# Test-time augmentation: the mean of the probabilities over views of each image. "flip": the
+# image and its mirror (for models trained with --config.augment.flip); "flip_shift": those two
+# and both moved by one pixel down-right and up-left (edge pixels repeated), as airbench's
+# multi-crop TTA, six views.
+TTA_MODES = ("none", "flip", "flip_shift")
+TTA_SHIFTS = ((1, 1), (-1, -1))
+
+
+def _moved(images, step: int, axis: int):
+    """`images` moved by `step` in {-1, 0, 1} along `axis`, the edge repeated into the gap
+    (slices and a concatenation: an edge-mode pad does not convert to ONNX correctly)."""
+    n = images.shape[axis]
+
+    def part(start, stop):
+        return jax.lax.slice_in_dim(images, start, stop, axis=axis)
+
+    if step > 0:
+        return jnp.concatenate([part(0, 1), part(0, n - 1)], axis)
+    if step < 0:
+        return jnp.concatenate([part(1, n), part(n - 1, n)], axis)
+    return images
+
+
+def tta_views(images, tta: str) -> list:
+    """The views of uint8 `images` [B, H, W, C] whose probabilities test-time augmentation
+    `tta` averages (the images themselves first)."""
+    errors.check_choice("tta", tta, TTA_MODES)
+    views = [images]
+    if tta == "none":
+        return views
+    views.append(images[:, :, ::-1])
+    if tta == "flip_shift":
+        for dy, dx in TTA_SHIFTS:
+            moved = _moved(_moved(images, dy, 1), dx, 2)
+            views += [moved, moved[:, :, ::-1]]
+    return views
 
 
 def predict_log_probabilities(apply_fn, variables, images, tta: str = "none"):
     """Eval-mode log-softmax of uint8 `images` [B, H, W, C] ({head: ...} with several heads),
-    with test-time augmentation `tta`."""
-    errors.check_choice("tta", tta, TTA_MODES)
+    with test-time augmentation `tta`: the log of the mean probability over its views."""
+    views = tta_views(images, tta)
 
     def predict(batch):
         return jax.tree.map(jax.nn.log_softmax, predict_logits(apply_fn, variables, batch))
 
-    if tta == "none":
+    if len(views) == 1:
         return predict(images)
+    per_view = [predict(view) for view in views]
     return jax.tree.map(
-        lambda a, b: jnp.logaddexp(a, b) - jnp.log(2.0),
-        predict(images),
-        predict(images[:, :, ::-1]),
+        lambda *logs: jax.nn.logsumexp(jnp.stack(logs), axis=0) - jnp.log(float(len(logs))),
+        *per_view,
     )
 
 

@@ -1,0 +1,175 @@
+r"""Accuracy sweeps: variants of a recipe, several seeds each, scored on val for every head.
+
+  python bench/sweep.py --variant="base=configs/speedrun.py" \
+      --variant="e8=configs/speedrun.py --config.num_epochs=8" --seeds=3 --output=sweep.json
+  python bench/sweep.py --variant="tiny=configs/speedrun.py --config.num_epochs=1" --seeds=1 \
+      --max_rows=600   # a smoke run
+
+Each (variant, seed) is its own `run_train.py` process, the variants in turns seed by seed (so
+that a machine whose speed drifts slows them alike), then `run_eval.py` on the last checkpoint
+with the test-time augmentation the run validated with. Only --subsets (val by default) are
+evaluated: control is for the one recipe a sweep chooses, looked at once, at the end. Reported
+per variant: the mean +- standard deviation over seeds of every head's accuracy on each subset,
+and of the training seconds (training plus epoch ends) and the wall seconds.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speedrun  # noqa: E402  (bench/ is not a package; shares the run and cache helpers)
+
+FLAGS = flags.FLAGS
+RESERVED = {"seed": "--seeds", "data.max_rows": "--max_rows"}  # Fields the sweep sets itself.
+
+
+def define_flags():
+    """The command line (defined when run, so that tests can import the functions)."""
+    flags.DEFINE_multi_string(
+        "variant",
+        [],
+        'A variant: "<name>=<config file> [--config.<field>=<value> ...]" (split at spaces, '
+        "values without them); repeat the flag.",
+    )
+    flags.DEFINE_integer("seeds", 3, "Seeds per variant (--config.seed), each a process.")
+    flags.DEFINE_integer("first_seed", 0, "The first seed.")
+    flags.DEFINE_list("subsets", ["val"], "Subsets to evaluate (control: only at the end).")
+    flags.DEFINE_integer(
+        "max_rows", 0, "--config.data.max_rows for every run (0: the whole dataset)."
+    )
+    flags.DEFINE_string("root", "sweep_runs", "Folder for the workdirs and evaluations.")
+    flags.DEFINE_string("output", "", "Optional JSON file for the results.")
+
+
+def parse_variants(items: list) -> dict:
+    """{name: (config file, [overrides])} from --variant values, refused before any run."""
+    variants = {}
+    for item in items:
+        name, _, command = item.partition("=")
+        words = command.split()  # Values without spaces: quotes stay, for tuples.
+        if not name.isidentifier() or not words or not words[0].endswith(".py"):
+            raise app.UsageError(
+                f"--variant={item!r}: expected <name>=<config file> [--config.<field>=<value> ...]"
+            )
+        if not os.path.isfile(os.path.join(speedrun.REPO_ROOT, words[0])):
+            raise app.UsageError(f"--variant={item!r}: no config file {words[0]} in the checkout")
+        bad = [w for w in words[1:] if not w.startswith("--config.")]
+        if bad or name in variants:
+            raise app.UsageError(
+                f"--variant={item!r}: "
+                + (f"{bad} are not --config.<field>=<value>" if bad else f"{name} given twice")
+            )
+        for word in words[1:]:
+            for field, flag in RESERVED.items():
+                if word.startswith(f"--config.{field}="):
+                    raise app.UsageError(f"--variant={item!r}: --config.{field} is set by {flag}")
+        variants[name] = (words[0], words[1:])
+    if not variants:
+        raise app.UsageError("--variant: give at least one")
+    return variants
+
+
+def head_accuracies(output_dir: str) -> dict:
+    """{head: {subset: accuracy}} of run_eval.py's single model in `output_dir` (one report, or
+    one per head in <output_dir>/<head>/ for a multi-head run)."""
+    top = os.path.join(output_dir, "report.json")
+    if os.path.isfile(top):
+        with open(top) as f:
+            report = json.load(f)
+        return {report["label_column"]: speedrun.accuracies(report)}
+    heads = {}
+    for head in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, head, "report.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                heads[head] = speedrun.accuracies(json.load(f))
+    return heads
+
+
+def run_variant_seed(name: str, config: str, overrides: list, seed: int) -> dict:
+    workdir = os.path.abspath(os.path.join(FLAGS.root, f"{name}_seed{seed}"))
+    wall = speedrun.run_logged(
+        [
+            sys.executable,
+            "run_train.py",
+            f"--config={config}",
+            f"--workdir={workdir}",
+            *overrides,
+            f"--config.seed={seed}",
+            f"--config.data.max_rows={FLAGS.max_rows}",
+            "--config.progress_bar=False",
+        ],
+        workdir + ".log",
+    )
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        history = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.join(workdir, "config.json")) as f:
+        tta = json.load(f).get("val_tta", "none")
+    speedrun.run_logged(
+        [
+            sys.executable,
+            "run_eval.py",
+            f"--workdirs={workdir}",
+            f"--output_dir={workdir}_eval",
+            "--config.evaluators=single",
+            "--config.checkpoint=latest",
+            f"--config.tta={tta}",
+            f"--config.subsets={','.join(FLAGS.subsets)}",
+            "--config.progress_bar=False",
+        ],
+        workdir + "_eval.log",
+    )
+    return {
+        "variant": name,
+        "seed": seed,
+        "workdir": workdir,
+        "wall_seconds": wall,
+        "train_seconds": sum(r["train_seconds"] + r.get("epoch_end_seconds", 0.0) for r in history),
+        "epochs": len(history),
+        "accuracy": head_accuracies(workdir + "_eval"),
+    }
+
+
+def summarise(runs: list) -> dict:
+    """Per variant: mean +- sd over seeds of each head's accuracy per subset, and of the
+    seconds."""
+    summary = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == name]
+        row = {
+            f"{head}/{subset}": speedrun.mean_and_spread(
+                [r["accuracy"][head][subset] for r in mine]
+            )
+            for head, subsets in mine[0]["accuracy"].items()
+            for subset in subsets
+        }
+        for key in ("train_seconds", "wall_seconds"):
+            row[key] = speedrun.mean_and_spread([r[key] for r in mine])
+        summary[name] = row
+    return summary
+
+
+def main(argv):
+    del argv
+    variants = parse_variants(FLAGS.variant)
+    os.makedirs(FLAGS.root, exist_ok=True)
+    speedrun.warm_image_cache(FLAGS.root, FLAGS.max_rows)
+    runs = []
+    for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
+        for name, (config, overrides) in variants.items():
+            runs.append(run_variant_seed(name, config, overrides, seed))
+            print(json.dumps(runs[-1]), flush=True)
+    summary = summarise(runs)
+    print(json.dumps(summary, indent=2))
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump({"summary": summary, "runs": runs}, f, indent=2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
