@@ -9,7 +9,9 @@ Launch:
 Time it over seeds against configs/adam.py: python bench/speedrun.py --recipes=speedrun,adam
 Result (bench/README.md, "Second sitting", 5 seeds, 2-core Intel Xeon, AVX-512): 98.97% +- 0.06
 val, 99.05% +- 0.04 test, 98.87% +- 0.09 control; 98.85% val (the study's) first reached after
-198 +- 27 s (epoch 3 in four seeds, 4 in one), 263 s from start to exit.
+198 +- 27 s (epoch 3 in four seeds, 4 in one), 263 s from start to exit. With AVX2 code on the
+same CPU (bench/README.md, "Third sitting"): 99.00% +- 0.07 val, 98.86% +- 0.06 control, 362 +- 67 s
+to 98.85% val.
 """
 
 from configs import default
