@@ -131,21 +131,10 @@ def warm_image_cache(root: str, max_rows: int):
     run_logged(command, os.path.join(root, "warm_cache.log"))
 
 
-def run_seed(recipe: str, seed: int, extra_targets: list) -> dict:
-    config, recipe_overrides = RECIPES[recipe]
-    workdir = os.path.abspath(os.path.join(FLAGS.root, f"{recipe}_seed{seed}"))
-    overrides = [
-        *recipe_overrides,
-        f"--config.seed={seed}",
-        f"--config.data.max_rows={FLAGS.max_rows}",
-        "--config.progress_bar=False",
-        # Every seed compiles, as a first run does: a seed that loaded the steps an earlier seed
-        # cached would report less time than a new user waits.
-        "--config.compilation_cache_dir=none",
-        *FLAGS.override,
-    ]
-    if recipe in FLAGS.stop_at_target:
-        overrides.append(f"--config.early_stopping.target_accuracy={FLAGS.target}")
+def train_and_evaluate(config: str, workdir: str, overrides: list, subsets=()) -> tuple:
+    """Trains `config` into `workdir` (its own process, output in <workdir>.log), then evaluates
+    its last checkpoint with the test-time augmentation it validated with into <workdir>_eval
+    (every subset, or `subsets`). Returns (wall seconds of training, its per-epoch history)."""
     wall = run_logged(
         [sys.executable, "run_train.py", f"--config={config}", f"--workdir={workdir}", *overrides],
         workdir + ".log",
@@ -164,11 +153,31 @@ def run_seed(recipe: str, seed: int, extra_targets: list) -> dict:
             "--config.evaluators=single",
             "--config.checkpoint=latest",
             f"--config.tta={tta}",
+            *([f"--config.subsets={','.join(subsets)}"] if subsets else []),
             "--config.progress_bar=False",
         ],
         output_dir + ".log",
     )
-    with open(os.path.join(output_dir, "report.json")) as f:
+    return wall, history
+
+
+def run_seed(recipe: str, seed: int, extra_targets: list) -> dict:
+    config, recipe_overrides = RECIPES[recipe]
+    workdir = os.path.abspath(os.path.join(FLAGS.root, f"{recipe}_seed{seed}"))
+    overrides = [
+        *recipe_overrides,
+        f"--config.seed={seed}",
+        f"--config.data.max_rows={FLAGS.max_rows}",
+        "--config.progress_bar=False",
+        # Every seed compiles, as a first run does: a seed that loaded the steps an earlier seed
+        # cached would report less time than a new user waits.
+        "--config.compilation_cache_dir=none",
+        *FLAGS.override,
+    ]
+    if recipe in FLAGS.stop_at_target:
+        overrides.append(f"--config.early_stopping.target_accuracy={FLAGS.target}")
+    wall, history = train_and_evaluate(config, workdir, overrides)
+    with open(os.path.join(workdir + "_eval", "report.json")) as f:
         subsets = accuracies(json.load(f))
     seconds, epochs = time_to_target(history, FLAGS.target)
     extra = {f"seconds_to_{target}": time_to_target(history, target)[0] for target in extra_targets}

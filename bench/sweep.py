@@ -23,6 +23,8 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import speedrun  # noqa: E402  (bench/ is not a package; shares the run and cache helpers)
 
+from fashion_jax.data import dataset  # noqa: E402
+
 FLAGS = flags.FLAGS
 RESERVED = {"seed": "--seeds", "data.max_rows": "--max_rows"}  # Fields the sweep sets itself.
 
@@ -73,6 +75,15 @@ def parse_variants(items: list) -> dict:
     return variants
 
 
+def parse_subsets(items: list) -> list:
+    """--subsets, refused before any run unless each is a subset of the saved split."""
+    if not items or not set(items) <= set(dataset.SUBSETS):
+        raise app.UsageError(
+            f"--subsets={','.join(items)}: choose among {', '.join(dataset.SUBSETS)}"
+        )
+    return items
+
+
 def head_accuracies(output_dir: str) -> dict:
     """{head: {subset: accuracy}} of run_eval.py's single model in `output_dir` (one report, or
     one per head in <output_dir>/<head>/ for a multi-head run)."""
@@ -92,36 +103,16 @@ def head_accuracies(output_dir: str) -> dict:
 
 def run_variant_seed(name: str, config: str, overrides: list, seed: int) -> dict:
     workdir = os.path.abspath(os.path.join(FLAGS.root, f"{name}_seed{seed}"))
-    wall = speedrun.run_logged(
+    wall, history = speedrun.train_and_evaluate(
+        config,
+        workdir,
         [
-            sys.executable,
-            "run_train.py",
-            f"--config={config}",
-            f"--workdir={workdir}",
             *overrides,
             f"--config.seed={seed}",
             f"--config.data.max_rows={FLAGS.max_rows}",
             "--config.progress_bar=False",
         ],
-        workdir + ".log",
-    )
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        history = [json.loads(line) for line in f if line.strip()]
-    with open(os.path.join(workdir, "config.json")) as f:
-        tta = json.load(f).get("val_tta", "none")
-    speedrun.run_logged(
-        [
-            sys.executable,
-            "run_eval.py",
-            f"--workdirs={workdir}",
-            f"--output_dir={workdir}_eval",
-            "--config.evaluators=single",
-            "--config.checkpoint=latest",
-            f"--config.tta={tta}",
-            f"--config.subsets={','.join(FLAGS.subsets)}",
-            "--config.progress_bar=False",
-        ],
-        workdir + "_eval.log",
+        parse_subsets(FLAGS.subsets),
     )
     return {
         "variant": name,
@@ -156,6 +147,7 @@ def summarise(runs: list) -> dict:
 def main(argv):
     del argv
     variants = parse_variants(FLAGS.variant)
+    parse_subsets(FLAGS.subsets)
     os.makedirs(FLAGS.root, exist_ok=True)
     speedrun.warm_image_cache(FLAGS.root, FLAGS.max_rows)
     runs = []

@@ -37,6 +37,9 @@ def test_variants_are_parsed_and_bad_ones_refused_naming_the_flag():
         bench.parse_variants(["a=configs/tiny.py", "a=configs/adam.py"])
     with pytest.raises(bench.app.UsageError, match="at least one"):
         bench.parse_variants([])
+    assert bench.parse_subsets(["val", "test"]) == ["val", "test"]
+    with pytest.raises(bench.app.UsageError, match="--subsets=val,holdout: choose among"):
+        bench.parse_subsets(["val", "holdout"])
 
 
 def test_the_summary_is_each_heads_mean_and_spread_over_seeds():

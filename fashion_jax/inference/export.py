@@ -30,8 +30,8 @@ INPUT_NAME = "images"
 
 def probabilities_function(classifier):
     """uint8 images -> tuple of probabilities, one per head, as the classifier computes them
-    (its members' probabilities averaged with its weights, its test-time augmentation included), with XLA's
-    convolution."""
+    (its members' probabilities averaged with its weights, its test-time augmentation
+    included), with XLA's convolution."""
     mixture = classifier.mixture
     members = [(model.clone(conv_impl="xla"), variables) for model, variables in mixture.members]
     weights = [float(w) for w in mixture.weights]
