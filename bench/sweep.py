@@ -84,21 +84,40 @@ def parse_subsets(items: list) -> list:
     return items
 
 
-def head_accuracies(output_dir: str) -> dict:
-    """{head: {subset: accuracy}} of run_eval.py's single model in `output_dir` (one report, or
-    one per head in <output_dir>/<head>/ for a multi-head run)."""
+def report_scores(report: dict) -> dict:
+    """{score: {subset: value}} of a report's single model: its head's accuracy; the accuracy on
+    its most frequent classes when the report has it ("articleType top20"); macro F1 for
+    masterCategory (the study's five classes)."""
+    head = report["label_column"]
+    (result,) = [r for r in report["results"] if r["kind"] == "single"]
+    metrics = result["metrics"]
+    scores = {head: speedrun.accuracies(report)}
+    some = next(iter(metrics.values()))
+    if "top_classes_accuracy" in some:
+        name = f"{head} top{some['top_classes_num_classes']}"
+        scores[name] = {subset: m["top_classes_accuracy"] for subset, m in metrics.items()}
+    if head == "masterCategory":
+        scores[f"{head} macro F1"] = {subset: m["macro_f1"] for subset, m in metrics.items()}
+    return scores
+
+
+def head_scores(output_dir: str) -> dict:
+    """report_scores of run_eval.py's single model in `output_dir` (one report, or one per head
+    in <output_dir>/<head>/ for a multi-head run), merged."""
     top = os.path.join(output_dir, "report.json")
-    if os.path.isfile(top):
-        with open(top) as f:
-            report = json.load(f)
-        return {report["label_column"]: speedrun.accuracies(report)}
-    heads = {}
-    for head in sorted(os.listdir(output_dir)):
-        path = os.path.join(output_dir, head, "report.json")
+    paths = (
+        [top]
+        if os.path.isfile(top)
+        else [
+            os.path.join(output_dir, head, "report.json") for head in sorted(os.listdir(output_dir))
+        ]
+    )
+    scores = {}
+    for path in paths:
         if os.path.isfile(path):
             with open(path) as f:
-                heads[head] = speedrun.accuracies(json.load(f))
-    return heads
+                scores.update(report_scores(json.load(f)))
+    return scores
 
 
 def run_variant_seed(name: str, config: str, overrides: list, seed: int) -> dict:
@@ -121,7 +140,7 @@ def run_variant_seed(name: str, config: str, overrides: list, seed: int) -> dict
         "wall_seconds": wall,
         "train_seconds": sum(r["train_seconds"] + r.get("epoch_end_seconds", 0.0) for r in history),
         "epochs": len(history),
-        "accuracy": head_accuracies(workdir + "_eval"),
+        "accuracy": head_scores(workdir + "_eval"),
     }
 
 

@@ -96,6 +96,8 @@ def get_config():
     config.augment = ml_collections.ConfigDict()
     config.augment.flip = False  # Mirror left-right with probability 1/2.
     config.augment.max_shift = 0  # Shift by up to this many pixels in y and x (edges repeated).
+    # Probability that a photo gets a box of its batch neighbour, both labels weighed by area.
+    config.augment.cutmix = 0.0
 
     config.loss = ml_collections.ConfigDict()
     config.loss.head_weights = ()  # One per head of data.head_columns; default 1 each.

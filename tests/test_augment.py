@@ -109,3 +109,57 @@ def test_weight_decay_shrinks_kernels_only(name):
     tx = optim.create_optimizer(opt, optim.create_learning_rate_fn(opt))
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     np.testing.assert_array_equal(updates["kernel"], 0.0)
+
+
+def test_cutmix_pastes_a_box_of_the_neighbour_and_says_how_much_is_left():
+    n, height, width = 64, 8, 6
+    # Image i is all i + 1: every pixel tells which image it came from.
+    images = np.broadcast_to(np.arange(1, n + 1, dtype=np.uint8)[:, None, None, None], (n, 8, 6, 3))
+    mix = jax.jit(augment.cutmix, static_argnums=2)
+    out, own = (np.asarray(a) for a in mix(jnp.asarray(images), jax.random.key(0), 1.0))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    for i in range(n):
+        from_neighbour = out[i, :, :, 0] == images[i - 1, 0, 0, 0]
+        assert np.all(from_neighbour | (out[i, :, :, 0] == images[i, 0, 0, 0]))
+        assert own[i] == pytest.approx(1.0 - from_neighbour.mean())
+        rows, cols = np.nonzero(from_neighbour)
+        if len(rows):  # One box: its bounding box is all the neighbour's.
+            assert from_neighbour[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+    assert own.min() < 0.3 and own.max() > 0.9  # Box sizes vary.
+    assert not np.array_equal(np.asarray(mix(jnp.asarray(images), jax.random.key(1), 1.0)[0]), out)
+    kept, all_own = mix(jnp.asarray(images), jax.random.key(0), 0.0)
+    np.testing.assert_array_equal(kept, images)
+    np.testing.assert_array_equal(all_own, 1.0)
+    with pytest.raises(ValueError, match=r"--config.augment.cutmix=1.5: a probability"):
+        augment.from_config(ml_collections.ConfigDict({"flip": 0, "max_shift": 0, "cutmix": 1.5}))
+
+
+def test_a_cutmix_step_trains_on_both_labels():
+    """With every label the same, cutmix's mixed loss is the plain loss of the mixed images:
+    the step equals a plain step on the images cutmix() made with the step's own key."""
+    from fashion_jax.training import steps
+    from tests.conftest import make_state
+    from tests.conftest import synthetic_batch
+
+    state, batch = make_state(), synthetic_batch()
+    rng = jax.random.key(3)
+    spec = augment.AugmentSpec(cutmix=1.0)
+    step = jax.jit(steps.train_step, static_argnames=("augment",))
+    same = {"image": batch["image"], "label": np.zeros_like(batch["label"])}
+    mixed_step, _ = step(state, same, rng, augment=spec)
+    key = jax.random.fold_in(jax.random.fold_in(rng, state.step), 2)
+    images, own = augment.cutmix(jnp.asarray(same["image"]), key, 1.0)
+    assert float(own.min()) < 1.0
+    plain_step, _ = step(state, {**same, "image": images}, rng)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        mixed_step.params,
+        plain_step.params,
+    )
+    # With the batch's own labels the neighbours' labels change the step.
+    labelled, metrics = step(state, batch, rng, augment=spec)
+    assert np.isfinite(float(metrics["loss_sum"]))
+    unmixed, _ = step(state, {**batch, "image": images}, rng)
+    assert not np.allclose(
+        labelled.params["Dense_0"]["kernel"], unmixed.params["Dense_0"]["kernel"]
+    )

@@ -59,6 +59,24 @@ def test_the_summary_is_each_heads_mean_and_spread_over_seeds():
     assert row["train_seconds"] == "110.0000 +- 10.0000 (n=3)"
 
 
+def test_reports_give_accuracy_top_classes_and_master_macro_f1():
+    bench = load_sweep()
+
+    def report(head, **extra):
+        metrics = {"val": {"accuracy": 0.9, "macro_f1": 0.8, **extra}}
+        return {"label_column": head, "results": [{"kind": "single", "metrics": metrics}]}
+
+    assert bench.report_scores(report("masterCategory")) == {
+        "masterCategory": {"val": 0.9},
+        "masterCategory macro F1": {"val": 0.8},
+    }
+    top = {"top_classes_accuracy": 0.95, "top_classes_num_classes": 20}
+    assert bench.report_scores(report("articleType", **top)) == {
+        "articleType": {"val": 0.9},
+        "articleType top20": {"val": 0.95},
+    }
+
+
 @requires_real_data
 def test_a_tiny_multi_head_sweep_reports_every_head_on_val_only(tmp_path):
     variant = (
@@ -84,12 +102,13 @@ def test_a_tiny_multi_head_sweep_reports_every_head_on_val_only(tmp_path):
     out = json.loads((tmp_path / "sweep.json").read_text())
     (run,) = out["runs"]
     assert run["epochs"] == 1 and run["train_seconds"] > 0
-    assert set(run["accuracy"]) == {"masterCategory", "gender"}
+    assert set(run["accuracy"]) == {"masterCategory", "masterCategory macro F1", "gender"}
     for head, subsets in run["accuracy"].items():
         assert list(subsets) == ["val"], head  # Control is not looked at.
         assert 0.0 <= subsets["val"] <= 1.0
     assert set(out["summary"]["mh"]) == {
         "masterCategory/val",
+        "masterCategory macro F1/val",
         "gender/val",
         "train_seconds",
         "wall_seconds",

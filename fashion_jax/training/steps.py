@@ -38,12 +38,15 @@ def train_step(
     gradient, parameter and update norms: training/health.py).
 
     `loss_spec` (static) describes the heads and class weights; see fashion_jax/losses.py.
-    `augment` (static) flips/shifts the uint8 images first; see fashion_jax/augment.py.
+    `augment` (static) flips/shifts (and cuts and mixes) the uint8 images first; see
+    fashion_jax/data/augment.py.
     `norm_periods` (static): the norms are measured after steps whose number divides by one of
     these (the logged steps; measuring every step costs ~6% of a CPU step), else zero.
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
     images = augment_lib.augment_images(batch["image"], jax.random.fold_in(dropout_rng, 1), augment)
+    if augment.cutmix:
+        images, own = augment_lib.cutmix(images, jax.random.fold_in(dropout_rng, 2), augment.cutmix)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -54,6 +57,10 @@ def train_step(
             mutable=["batch_stats"],
         )
         losses, metrics = losses_lib.loss_and_metrics(logits, batch["label"], loss_spec)
+        if augment.cutmix:  # Each label weighs its share of the pixels; metrics: own labels.
+            neighbours = jnp.roll(batch["label"], 1, axis=0)
+            neighbour_losses, _ = losses_lib.loss_and_metrics(logits, neighbours, loss_spec)
+            losses = own * losses + (1.0 - own) * neighbour_losses
         return losses.mean(), (metrics, updates)
 
     grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
