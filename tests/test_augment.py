@@ -114,7 +114,9 @@ def test_weight_decay_shrinks_kernels_only(name):
 def test_cutmix_pastes_a_box_of_the_neighbour_and_says_how_much_is_left():
     n, height, width = 64, 8, 6
     # Image i is all i + 1: every pixel tells which image it came from.
-    images = np.broadcast_to(np.arange(1, n + 1, dtype=np.uint8)[:, None, None, None], (n, 8, 6, 3))
+    images = np.broadcast_to(
+        np.arange(1, n + 1, dtype=np.uint8)[:, None, None, None], (n, height, width, 3)
+    )
     mix = jax.jit(augment.cutmix, static_argnums=2)
     out, own = (np.asarray(a) for a in mix(jnp.asarray(images), jax.random.key(0), 1.0))
     assert out.shape == images.shape and out.dtype == np.uint8
