@@ -91,7 +91,7 @@ def report_scores(report: dict) -> dict:
     head = report["label_column"]
     (result,) = [r for r in report["results"] if r["kind"] == "single"]
     metrics = result["metrics"]
-    scores = {head: speedrun.accuracies(report)}
+    scores = {head: {subset: m["accuracy"] for subset, m in metrics.items()}}
     some = next(iter(metrics.values()))
     if "top_classes_accuracy" in some:
         name = f"{head} top{some['top_classes_num_classes']}"
