@@ -112,10 +112,15 @@ def time_to_target(history: list, target: float):
     return None, None
 
 
+def single_metrics(report: dict) -> dict:
+    """{subset: metrics} of the report's single model (the one evaluated model's result)."""
+    (result,) = [r for r in report["results"] if r["kind"] == "single"]
+    return result["metrics"]
+
+
 def accuracies(report: dict) -> dict:
     """{subset: accuracy} of the report's single model."""
-    (result,) = [r for r in report["results"] if r["kind"] == "single"]
-    return {subset: m["accuracy"] for subset, m in result["metrics"].items()}
+    return {subset: m["accuracy"] for subset, m in single_metrics(report).items()}
 
 
 def warm_image_cache(root: str, max_rows: int):

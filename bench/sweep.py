@@ -89,8 +89,7 @@ def report_scores(report: dict) -> dict:
     its most frequent classes when the report has it ("articleType top20"); macro F1 for
     masterCategory (the study's five classes)."""
     head = report["label_column"]
-    (result,) = [r for r in report["results"] if r["kind"] == "single"]
-    metrics = result["metrics"]
+    metrics = speedrun.single_metrics(report)
     scores = {head: {subset: m["accuracy"] for subset, m in metrics.items()}}
     some = next(iter(metrics.values()))
     if "top_classes_accuracy" in some:
