@@ -106,6 +106,16 @@ def get_config():
     config.loss.class_weighting = "none"
     # Training targets (1 - e) one-hot + e uniform for every head (0: plain cross-entropy).
     config.loss.label_smoothing = 0.0
+    # Knowledge distillation (fashion_jax/training/distill.py): workdirs of finished runs with
+    # the same heads and split, whose ensemble's predictions on the training images become
+    # targets with weight distill_weight (the labels keep 1 - distill_weight), softened by
+    # distill_temperature; their checkpoint ("best", "latest" or a step) and test-time
+    # augmentation.
+    config.loss.distill_teachers = ()
+    config.loss.distill_weight = 0.5
+    config.loss.distill_temperature = 1.0
+    config.loss.distill_checkpoint = "latest"
+    config.loss.distill_tta = "flip"
 
     config.batch_size = 32
     config.eval_batch_size = 256

@@ -83,8 +83,17 @@ class TrainRows:
     `batch` gathers from those.
     """
 
-    def __init__(self, images, labels, batch_size: int, seed: int, rows: slice, probabilities):
-        self.images, self.labels = images, labels
+    def __init__(
+        self,
+        images,
+        labels,
+        batch_size: int,
+        seed: int,
+        rows: slice,
+        probabilities,
+        teacher_targets: np.ndarray | None = None,
+    ):
+        self.images, self.labels, self.teacher_targets = images, labels, teacher_targets
         self.batch_size, self.seed, self.rows, self.probabilities = (
             batch_size,
             seed,
@@ -127,8 +136,17 @@ class TrainRows:
         batch = self.batch(per_device.reshape(-1))
         return {k: v.reshape(per_device.shape + v.shape[1:]) for k, v in batch.items()}
 
+    def targets(self) -> dict:
+        """What a batch holds beside its images, for every train row: {"label"} and, when
+        distilling, {"teacher"} (the teachers' log-probabilities, training/distill.py)."""
+        targets = {"label": self.labels}
+        if self.teacher_targets is not None:
+            targets["teacher"] = self.teacher_targets
+        return targets
+
     def batch(self, indices: np.ndarray) -> dict:
-        """{"image", "label"} of the train rows `indices` (numpy, on the host)."""
+        """{"image", "label"} (and "teacher" when distilling) of the train rows `indices`
+        (numpy, on the host)."""
         if self.in_memory:
             local = indices
         else:
@@ -138,7 +156,9 @@ class TrainRows:
                 raise ValueError(
                     "train rows outside this epoch's share: start_epoch was not called"
                 )
-        return {"image": self.held_images[local], "label": self.labels[indices]}
+        return {"image": self.held_images[local]} | {
+            k: v[indices] for k, v in self.targets().items()
+        }
 
 
 def write_record(workdir: str, process: int, processes: int, record: dict) -> None:

@@ -18,6 +18,7 @@ from fashion_jax import models
 from fashion_jax.data import augment
 from fashion_jax.data import dataset
 from fashion_jax.training import checkpointing
+from fashion_jax.training import distill
 from fashion_jax.training import lengths
 from fashion_jax.training import losses
 from fashion_jax.training import optim
@@ -42,6 +43,7 @@ def check_train_config(config, workdir: str | None = None) -> None:
     dataset.check_config(config.data)
     augment.from_config(config.augment)
     losses.check_config(config.loss, num_heads=len(config.data.head_columns) or 1)
+    distill.check_config(config.loss)
     errors.check_choice(
         "--config.early_stopping.monitor", config.early_stopping.monitor, EARLY_STOPPING_MONITORS
     )

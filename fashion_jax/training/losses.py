@@ -32,13 +32,20 @@ class LossSpec:
     multi_head: bool = False  # False: logits [B, C] and labels [B].
     class_weights: tuple[tuple[float, ...] | None, ...] | None = None  # Per head.
     label_smoothing: float = 0.0  # Target (1 - e) one-hot + e uniform, every head.
+    # Distillation (training/distill.py): the teachers' share w of each head's loss, their
+    # temperature, and each head's class count (the columns of the batch's "teacher" targets).
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    head_sizes: tuple[int, ...] = ()
 
     def weight(self, n: int) -> float:
         return self.head_weights[n] if self.head_weights else 1.0
 
     def for_evaluation(self) -> "LossSpec":
         """The same heads and head weights with the plain cross-entropy."""
-        return dataclasses.replace(self, class_weights=None, label_smoothing=0.0)
+        return dataclasses.replace(
+            self, class_weights=None, label_smoothing=0.0, distill_weight=0.0
+        )
 
 
 def check_config(loss_config, num_heads: int) -> None:
@@ -84,6 +91,22 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     return losses
 
 
+def soft_cross_entropy(logits, teacher_log_probs, temperature: float = 1.0):
+    """Per-example T^2 CE(softmax(teacher / T), log_softmax(logits / T)) [B] (Hinton et al.
+    2015: T^2 keeps the gradients' scale as T changes)."""
+    targets = jax.nn.softmax(teacher_log_probs.astype(jnp.float32) / temperature)
+    log_student = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
+    return -(targets * log_student).sum(-1) * temperature**2
+
+
+def _teacher_columns(teacher, spec: LossSpec) -> list:
+    """The batch's teacher targets [B, sum of classes] cut into one [B, C] per head."""
+    if teacher is None:
+        return [None] * len(spec.heads)
+    offsets = np.cumsum((0,) + tuple(spec.head_sizes))
+    return [teacher[:, offsets[n] : offsets[n + 1]] for n in range(len(spec.heads))]
+
+
 def _per_head(logits, labels, spec: LossSpec):
     """(name, logits [B, C], labels [B]) for each head."""
     if not spec.multi_head:
@@ -91,9 +114,11 @@ def _per_head(logits, labels, spec: LossSpec):
     return [(name, logits[name], labels[:, n]) for n, name in enumerate(spec.heads)]
 
 
-def loss_and_metrics(logits, labels, spec: LossSpec, mask=None):
+def loss_and_metrics(logits, labels, spec: LossSpec, mask=None, teacher=None):
     """Per-example weighted loss [B] and metric sums.
 
+    `teacher` [B, sum of classes]: the teachers' log-probabilities, mixed into each head's loss
+    with spec.distill_weight (the metrics stay those of the labels).
     Sums: loss_sum, correct and count of the primary head's batch (count = real examples);
     with several heads also loss_sum/<head>, correct/<head>, count/<head> over labelled rows.
     `mask` [B] (1 real, 0 padding) excludes padded evaluation rows.
@@ -102,12 +127,19 @@ def loss_and_metrics(logits, labels, spec: LossSpec, mask=None):
     mask = jnp.ones((batch,), jnp.float32) if mask is None else mask
     total = jnp.zeros((batch,), jnp.float32)
     sums = {}
-    for n, (name, head_logits, head_labels) in enumerate(_per_head(logits, labels, spec)):
+    distilling = spec.distill_weight > 0
+    if distilling and teacher is None:
+        raise ValueError("a distilling loss needs the batch's teacher targets")
+    per_head = zip(_per_head(logits, labels, spec), _teacher_columns(teacher, spec))
+    for n, ((name, head_logits, head_labels), head_teacher) in enumerate(per_head):
         present = (head_labels != MISSING).astype(jnp.float32) * mask
         safe_labels = jnp.maximum(head_labels, 0)
         losses = cross_entropy(head_logits, safe_labels, spec.label_smoothing)
         if spec.class_weights is not None and spec.class_weights[n] is not None:
             losses = losses * jnp.asarray(spec.class_weights[n], jnp.float32)[safe_labels]
+        if distilling:
+            soft = soft_cross_entropy(head_logits, head_teacher, spec.distill_temperature)
+            losses = (1.0 - spec.distill_weight) * losses + spec.distill_weight * soft
         losses = losses * present
         correct = (head_logits.argmax(-1) == head_labels).astype(jnp.float32) * present
         total = total + spec.weight(n) * losses
@@ -158,6 +190,7 @@ def spec_for_data(config, data) -> "LossSpec":
         class_weights_for(labels[:, n], size, config.loss.class_weighting)
         for n, size in enumerate(sizes)
     )
+    distilling = bool(tuple(config.loss.get("distill_teachers", ()) or ()))
     if all(w is None for w in class_weights):
         class_weights = None
     else:
@@ -172,4 +205,7 @@ def spec_for_data(config, data) -> "LossSpec":
         multi_head=bool(data.heads),
         class_weights=class_weights,
         label_smoothing=float(config.loss.label_smoothing),
+        distill_weight=float(config.loss.distill_weight) if distilling else 0.0,
+        distill_temperature=float(config.loss.distill_temperature),
+        head_sizes=tuple(sizes),
     )

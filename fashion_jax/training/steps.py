@@ -56,10 +56,17 @@ def train_step(
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
         )
-        losses, metrics = losses_lib.loss_and_metrics(logits, batch["label"], loss_spec)
+        teacher = batch.get("teacher")  # Distillation's targets (training/distill.py).
+        losses, metrics = losses_lib.loss_and_metrics(
+            logits, batch["label"], loss_spec, teacher=teacher
+        )
         if augment.cutmix:  # Each label weighs its share of the pixels; metrics: own labels.
             neighbours = jnp.roll(batch["label"], 1, axis=0)
-            neighbour_losses, _ = losses_lib.loss_and_metrics(logits, neighbours, loss_spec)
+            if teacher is not None:
+                teacher = jnp.roll(teacher, 1, axis=0)
+            neighbour_losses, _ = losses_lib.loss_and_metrics(
+                logits, neighbours, loss_spec, teacher=teacher
+            )
             losses = own * losses + (1.0 - own) * neighbour_losses
         return losses.mean(), (metrics, updates)
 
@@ -113,10 +120,13 @@ def train_steps_on_device_data(
 ):
     """len(indices) train steps in one dispatch, each batch gathered from the device-resident
     uint8 `images` and `labels` by a row of `indices` [k, B], the steps whose `valid` [k] is
-    False padding (_masked_train_scan)."""
+    False padding (_masked_train_scan). `labels`: an array, or {"label", "teacher"} (the
+    batch's other per-row arrays)."""
 
     def batch_of(batch_indices):
-        return {"image": images[batch_indices], "label": labels[batch_indices]}
+        rows = {"image": images}
+        rows.update(labels if isinstance(labels, dict) else {"label": labels})
+        return {k: v[batch_indices] for k, v in rows.items()}
 
     return _masked_train_scan(
         state, sums, batch_of, indices, valid, rng, loss_spec, augment, norm_periods
@@ -139,13 +149,15 @@ def train_steps_on_epoch_data(
     laid out per device (host_rows.TrainRows.epoch_layout): `images` [devices, steps, rows per
     device, H, W, 3] sharded along devices, so each device slices its own rows of a step's
     batch, and the batch, [devices * rows], is sharded as a host batch is. Padding as
-    train_steps_on_device_data's."""
+    train_steps_on_device_data's; `labels` as there."""
 
     def batch_of(step):
         def rows(x):
             return x[:, step].reshape((-1,) + x.shape[3:])
 
-        return {"image": rows(images), "label": rows(labels)}
+        batch = {"image": images}
+        batch.update(labels if isinstance(labels, dict) else {"label": labels})
+        return {k: rows(v) for k, v in batch.items()}
 
     return _masked_train_scan(
         state, sums, batch_of, step_numbers, valid, rng, loss_spec, augment, norm_periods
@@ -226,6 +238,7 @@ class TrainStepRunner:
     (train_steps_on_epoch_data, padded alike).
     `workdir`: where a process of several records what it held (host_rows.write_record).
     `norm_periods`: train_step's; the run passes its logging period and the epoch's length.
+    `teacher_targets` [train images, classes]: distillation's, batched beside the labels.
     """
 
     def __init__(
@@ -237,6 +250,7 @@ class TrainStepRunner:
         steps_per_epoch: int | None = None,
         workdir: str | None = None,
         norm_periods: tuple = (1,),
+        teacher_targets: np.ndarray | None = None,
     ):
         self.dp, self.subset, self.workdir = data_parallel, subset, workdir
         augment = augment_lib.from_config(config.augment)
@@ -253,6 +267,7 @@ class TrainStepRunner:
             config.seed,
             data_parallel.process_rows(config.batch_size),
             input_pipeline.sampling_probabilities(subset.labels, config.data.sampling),
+            teacher_targets,
         )
         replicated, sharded = data_parallel.replicated, data_parallel.batch_sharded
         self._sum = jax.jit(sum_metrics, out_shardings=replicated)
@@ -275,7 +290,7 @@ class TrainStepRunner:
             )
             if not self.per_epoch_upload:
                 self.images = data_parallel.replicate(subset.images)
-                self.labels = data_parallel.replicate(subset.labels)
+                self.labels = data_parallel.replicate(self.rows.targets())
         else:
             self._run = jax.jit(
                 functools.partial(train_step, **options),
@@ -339,7 +354,8 @@ class TrainStepRunner:
             step_numbers = np.zeros(self.steps_per_dispatch, np.int32)
             step_numbers[:count] = steps
             xs = self.dp.replicate(step_numbers)  # Explicit transfers, as below.
-            images, labels = self.epoch_data["image"], self.epoch_data["label"]
+            images = self.epoch_data["image"]
+            labels = {k: v for k, v in self.epoch_data.items() if k != "image"}
         else:
             padded = np.zeros((self.steps_per_dispatch, indices.shape[1]), np.int32)
             padded[:count] = indices
@@ -359,9 +375,9 @@ class TrainStepRunner:
                 "image": jax.ShapeDtypeStruct(
                     (batch_size,) + self.subset.images.shape[1:], self.subset.images.dtype
                 ),
-                "label": jax.tree.map(
+                **jax.tree.map(
                     lambda a: jax.ShapeDtypeStruct((batch_size,) + a.shape[1:], a.dtype),
-                    self.subset.labels,
+                    self.rows.targets(),
                 ),
             }
             self._zeros = self._zero_sums(state, batch, rng)

@@ -25,6 +25,7 @@ from fashion_jax.training import batch_norm
 from fashion_jax.training import checkpointing
 from fashion_jax.training import compilation_cache
 from fashion_jax.training import config_checks
+from fashion_jax.training import distill
 from fashion_jax.training import epoch_end
 from fashion_jax.training import faults
 from fashion_jax.training import health
@@ -170,6 +171,7 @@ def _set_up(config, workdir: str, dp: parallel.DataParallel):
         steps_per_epoch,
         workdir,
         norm_periods=(run_lengths.log_every_steps, steps_per_epoch),  # What the log shows.
+        teacher_targets=distill.teacher_targets(config.loss, data, config.eval_batch_size),
     )
     logging.info(
         "Parameters: %s; %s; training data on device: %s; steps per dispatch: %d.",
