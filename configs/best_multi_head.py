@@ -9,7 +9,9 @@ The three other heads of configs/multi_head.py (baseColour, season, usage) cost 
 0.4 points and gender 0.9 on val at this width (docs/results.md, "Best accuracy on two CPU
 cores"). Result (3 seeds, 2-core Intel Xeon, AVX-512, flip TTA, control): masterCategory 99.00%
 +- 0.06, subCategory 96.19% +- 0.19, gender 92.38% +- 0.39, articleType on its 20 largest
-classes 93.04% +- 0.31 (all 86: 87.47%); 775 +- 45 s of training.
+classes 93.04% +- 0.31 (all 86: 87.47%); 775 +- 45 s of training. Distilled from its own three
+seeds or from three cross-fitted fold runs (--config.loss.distill_teachers), one network did not
+gain on val (docs/results.md, "Distillation").
 """
 
 from configs import best
