@@ -27,7 +27,6 @@ import os
 import time
 
 from absl import logging
-import jax
 import numpy as np
 
 from fashion_jax import errors
@@ -35,18 +34,17 @@ from fashion_jax import models
 from fashion_jax import saved_runs
 from fashion_jax.data import dataset
 from fashion_jax.data import host_rows
+from fashion_jax.inference import predictor
+from fashion_jax.training import checkpointing
+from fashion_jax.training import losses
 
 TARGETS_DTYPE = np.float32
-
-
-def teachers_of(loss_config) -> tuple:
-    return tuple(loss_config.get("distill_teachers", ()) or ())
 
 
 def check_config(loss_config) -> None:
     """A cheap look before any work: the weight, the temperature, the TTA and each teacher
     folder (it holds checkpoints)."""
-    teachers = teachers_of(loss_config)
+    teachers = losses.distill_teachers(loss_config)
     if not teachers:
         return
     weight = loss_config.distill_weight
@@ -62,7 +60,7 @@ def check_config(loss_config) -> None:
         )
     errors.check_choice("--config.loss.distill_tta", loss_config.distill_tta, models.TTA_MODES)
     for workdir in teachers:
-        if not os.path.isdir(os.path.join(workdir, "checkpoints", "metadata")):
+        if not os.path.isdir(os.path.join(checkpointing.checkpoint_dir(workdir), "metadata")):
             raise errors.ConfigError(
                 f"--config.loss.distill_teachers: {workdir} is not the workdir of a finished "
                 "run_train.py run (no checkpoints/metadata); give the --workdir of each teacher."
@@ -75,7 +73,7 @@ def teacher_targets(loss_config, data: dataset.FashionData, eval_batch_size: int
 
     Cross-fitted teachers (fold runs, --config.data.num_folds) give each image the mean of the
     teachers that held it out, so that every target is a prediction on an unseen image."""
-    teachers = teachers_of(loss_config)
+    teachers = losses.distill_teachers(loss_config)
     if not teachers:
         return None
     train = data.subsets["train"]
@@ -158,33 +156,22 @@ def _check_teacher(run: saved_runs.Run, data: dataset.FashionData):
     return folds.to_numpy() == int(run.config.data.fold)
 
 
-def _rows(images, rows: np.ndarray) -> np.ndarray:
-    """images[rows], without marking cached rows as read (that record is what training itself
-    held)."""
+def _images_of(images, rows: np.ndarray):
+    """images[rows]; cached rows stay lazy, in a CachedRows of their own, so that training's
+    record of what it read (host_rows.write_record) stays what training itself held."""
     if isinstance(images, host_rows.CachedRows):
-        return np.asarray(images.cache[images.positions[rows]])
-    return images[rows]
+        return host_rows.CachedRows(images.cache, images.positions[rows])
+    return images if len(rows) == len(images) else images[rows]
 
 
 def _predict(run, step: int, images, rows: np.ndarray, batch_size: int, tta: str) -> np.ndarray:
-    """The run's log-probabilities [len(rows), sum of classes] on images[rows], in fixed-size
-    padded batches (one compilation)."""
+    """The run's log-probabilities [len(rows), sum of classes] on images[rows], heads side by
+    side."""
     variables = saved_runs.load_variables(run, step)
-    predict = jax.jit(
-        lambda v, x: models.predict_log_probabilities(run.model.apply, v, x, tta),
+    log_probs = predictor.predict_array(
+        run.model, variables, _images_of(images, rows), batch_size, tta=tta
     )
-    heads = list(run.heads) if run.heads else None
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = _rows(images, rows[start : start + batch_size])
-        count = len(batch)
-        if count < batch_size:
-            padding = np.zeros((batch_size - count,) + batch.shape[1:], batch.dtype)
-            batch = np.concatenate([batch, padding])
-        log_probs = jax.device_get(predict(variables, batch))
-        columns = [log_probs[h] for h in heads] if heads else [log_probs]
-        out.append(np.concatenate(columns, axis=-1)[:count])
-    return np.concatenate(out)
+    return np.concatenate([log_probs[h] for h in run.heads] if run.heads else [log_probs], -1)
 
 
 def _log_agreement(run, step: int, log_probs: np.ndarray, labels: np.ndarray, data) -> None:

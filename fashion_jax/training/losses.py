@@ -66,6 +66,11 @@ def check_config(loss_config, num_heads: int) -> None:
         )
 
 
+def distill_teachers(loss_config) -> tuple:
+    """The workdirs of --config.loss.distill_teachers (none for configs without the field)."""
+    return tuple(loss_config.get("distill_teachers", ()) or ())
+
+
 def class_weights_for(labels: np.ndarray, num_classes: int, mode: str) -> tuple | None:
     """Per-class loss weights from training label counts (labels < 0 ignored).
 
@@ -190,7 +195,7 @@ def spec_for_data(config, data) -> "LossSpec":
         class_weights_for(labels[:, n], size, config.loss.class_weighting)
         for n, size in enumerate(sizes)
     )
-    distilling = bool(tuple(config.loss.get("distill_teachers", ()) or ()))
+    distilling = bool(distill_teachers(config.loss))
     if all(w is None for w in class_weights):
         class_weights = None
     else:

@@ -106,6 +106,12 @@ def _masked_train_scan(state, sums, batch_of, xs, valid, rng, loss_spec, augment
     return state, sums
 
 
+def _per_row_arrays(images, labels) -> dict:
+    """{"image", "label"} and, when distilling, "teacher": `labels` is the labels array or a
+    dict of the batch's per-row arrays other than the images."""
+    return {"image": images} | (labels if isinstance(labels, dict) else {"label": labels})
+
+
 def train_steps_on_device_data(
     state: TrainState,
     sums,
@@ -124,9 +130,7 @@ def train_steps_on_device_data(
     batch's other per-row arrays)."""
 
     def batch_of(batch_indices):
-        rows = {"image": images}
-        rows.update(labels if isinstance(labels, dict) else {"label": labels})
-        return {k: v[batch_indices] for k, v in rows.items()}
+        return {k: v[batch_indices] for k, v in _per_row_arrays(images, labels).items()}
 
     return _masked_train_scan(
         state, sums, batch_of, indices, valid, rng, loss_spec, augment, norm_periods
@@ -155,9 +159,7 @@ def train_steps_on_epoch_data(
         def rows(x):
             return x[:, step].reshape((-1,) + x.shape[3:])
 
-        batch = {"image": images}
-        batch.update(labels if isinstance(labels, dict) else {"label": labels})
-        return {k: rows(v) for k, v in batch.items()}
+        return {k: rows(v) for k, v in _per_row_arrays(images, labels).items()}
 
     return _masked_train_scan(
         state, sums, batch_of, step_numbers, valid, rng, loss_spec, augment, norm_periods
