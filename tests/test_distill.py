@@ -151,7 +151,7 @@ def test_a_teacher_on_other_heads_or_another_split_is_refused(teacher_run, tmp_p
     split.loc[first_val, "subset"] = "train"
     split.to_csv(moved / "split.csv", index=False)
     config = _config(data_dir, root / "cache", **{"loss.distill_teachers": (str(moved),)})
-    with pytest.raises(errors.ConfigError, match="1 of its .* training images are not among"):
+    with pytest.raises(errors.ConfigError, match="this run's .*, 1 are in one set only"):
         train.train_and_evaluate(config, str(tmp_path / "student"))
 
     config.loss.distill_teachers = (str(tmp_path / "nowhere"),)

@@ -57,7 +57,8 @@ LABEL_COLUMNS = styles.STYLE_COLUMNS[1:-1]  # Every column but id and productDis
 
 def check_config(data_config) -> None:
     """Refuses label and head columns that styles.csv does not have, a first head that is not the
-    label column, split fractions that do not make four subsets, and impossible folds."""
+    label column, split fractions that do not make four subsets, training subsets without train
+    or with control, and impossible folds."""
     errors.check_choice("--config.data.label_column", data_config.label_column, LABEL_COLUMNS)
     head_columns = tuple(data_config.head_columns)
     for column in head_columns:
@@ -80,12 +81,33 @@ def check_config(data_config) -> None:
     for field in ("max_rows", "min_class_count", "other_min_count"):
         if data_config[field] < 0:
             raise errors.ConfigError(f"--config.data.{field}={data_config[field]} must be >= 0.")
+    trained = trained_subsets(data_config)
+    if (
+        "train" not in trained
+        or not set(trained) <= set(SUBSETS[:-1])
+        or len(set(trained)) < len(trained)
+    ):
+        raise errors.ConfigError(
+            f'--config.data.train_subsets={trained}: give "train" and, to refit a chosen '
+            f"recipe on more images, any of {SUBSETS[1:-1]}, each once, e.g. ('train', 'val'). "
+            f"{SUBSETS[-1]!r} is never trained on: it is the subset results are reported on."
+        )
     folds, fold = data_config.num_folds, data_config.fold
+    if folds and trained != ("train",):
+        raise errors.ConfigError(
+            f"--config.data.num_folds={folds} with --config.data.train_subsets={trained}: "
+            "cross-fitting folds the train subset alone; leave train_subsets at ('train',)."
+        )
     if folds == 1 or folds < 0 or (folds and not 0 <= fold < folds) or (not folds and fold):
         raise errors.ConfigError(
             f"--config.data.fold={fold} with --config.data.num_folds={folds}: cross-fitting needs "
             "num_folds >= 2 and 0 <= fold < num_folds (num_folds=0: no folds, fold must be 0)."
         )
+
+
+def trained_subsets(data_config) -> tuple:
+    """The subsets a run trains on (runs from before the field existed: train alone)."""
+    return tuple(data_config.get("train_subsets", ("train",)))
 
 
 def apply_label_rules(rows: pd.DataFrame, label_column: str, merge_map: dict, min_class_count: int):
@@ -251,7 +273,14 @@ def load_data(
             split[head] = [
                 heads[head][i] if i >= 0 else "" for i in labels[:, head_columns.index(head)]
             ]
-    train_mask = assignment == "train"
+    train_mask = np.isin(assignment, trained_subsets(data_config))
+    if train_mask.sum() > (assignment == "train").sum():
+        logging.warning(
+            "Training on %s (--config.data.train_subsets): %d images; val metrics during "
+            "training are on trained images, not held out.",
+            "+".join(trained_subsets(data_config)),
+            train_mask.sum(),
+        )
     if data_config.num_folds:
         folds = train_folds(label_ids, train_mask, data_config.num_folds, data_config.split_seed)
         split[FOLD_COLUMN] = folds

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from fashion_jax import saved_runs
+from fashion_jax.data import dataset
 from fashion_jax.evaluation import config_checks
 from fashion_jax.evaluation import data as data_lib
 from fashion_jax.inference import predictor
@@ -65,6 +66,17 @@ class Context:
         self._memo = {}
         self.head = runs[0].head  # Multi-head runs: the head evaluated; else None.
         self.top_classes = None  # Class indices for metrics' top_classes_accuracy.
+        trained = {run.workdir: dataset.trained_subsets(run.config.data) for run in runs}
+        self.val_trained_on = any("val" in subsets for subsets in trained.values())
+        for workdir, subsets in trained.items():
+            if len(subsets) > 1:
+                self.warn(
+                    f"{workdir} was trained on {', '.join(subsets)} "
+                    "(--config.data.train_subsets): its numbers on "
+                    f"{', '.join(subsets[1:])} are not held out, and what is chosen on val "
+                    "(greedy soups, temperature, review threshold) saw its training images. "
+                    "Compare it on the subsets it did not train on."
+                )
 
     @property
     def class_names(self) -> list:

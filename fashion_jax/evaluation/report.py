@@ -217,7 +217,11 @@ def _calibration_and_selective(ctx, entry) -> dict:
     """Temperature and review threshold fitted on val, then applied to each evaluated subset."""
     labels = {subset: ctx.labels(subset) for subset in entry.log_probs}
     temperature = threshold = skipped = None
-    if FIT_SUBSET in entry.log_probs:
+    if ctx.val_trained_on:
+        skipped = (
+            f"a run was trained on {FIT_SUBSET}, so no temperature or review threshold was fitted"
+        )
+    elif FIT_SUBSET in entry.log_probs:
         fit_on = (entry.log_probs[FIT_SUBSET], labels[FIT_SUBSET])
         temperature = calibration.fit_temperature(*fit_on)
         threshold = calibration.threshold_for_precision(

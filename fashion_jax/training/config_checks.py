@@ -65,6 +65,7 @@ def check_train_config(config, workdir: str | None = None) -> None:
             f"--config.early_stopping.target_accuracy={target} must be in [0, 1], e.g. 0.9885 "
             "(0: no target)."
         )
+    _check_val_not_trained_on_for_choices(config)
     for flag, value, zero in (
         ("steps_per_dispatch", config.steps_per_dispatch, "50 on accelerators"),
         ("bn_recalibration_batches", config.bn_recalibration_batches, "no recalibration"),
@@ -86,6 +87,27 @@ def check_train_config(config, workdir: str | None = None) -> None:
         )
     if config.init_checkpoint and not (workdir and checkpointing.has_checkpoints(workdir)):
         _check_init_checkpoint(config.init_checkpoint, str(config.init_checkpoint_step))
+
+
+def _check_val_not_trained_on_for_choices(config) -> None:
+    """A run that trains on val cannot also choose its epoch or stop on val: refused, so that a
+    refit runs its recipe's full length."""
+    if "val" not in dataset.trained_subsets(config.data):
+        return
+    stopping = config.early_stopping
+    by_val = stopping.monitor.startswith("val") and (
+        stopping.restore_best or stopping.patience < config.num_epochs
+    )
+    if by_val or stopping.get("target_accuracy", 0.0):
+        raise errors.ConfigError(
+            f"--config.data.train_subsets={dataset.trained_subsets(config.data)} trains on val, "
+            "but early stopping would choose on it (monitor "
+            f"{stopping.monitor!r}, restore_best={stopping.restore_best}, patience "
+            f"{stopping.patience} of {config.num_epochs} epochs, target_accuracy "
+            f"{stopping.get('target_accuracy', 0.0)}): set --config.early_stopping.restore_best="
+            "False, --config.early_stopping.patience at least --config.num_epochs and "
+            "--config.early_stopping.target_accuracy=0, or monitor train_loss."
+        )
 
 
 def backend() -> str:

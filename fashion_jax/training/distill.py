@@ -140,15 +140,16 @@ def _check_teacher(run: saved_runs.Run, data: dataset.FashionData):
             f"{flag} takes images of shape {run.image_shape}, this run {train.images.shape[1:]}."
         )
     split = saved_runs.read_split(run)
-    theirs = np.sort(split["id"][split["subset"] == "train"].to_numpy())
+    trained = split["subset"].isin(dataset.trained_subsets(run.config.data))
+    theirs = np.sort(split["id"][trained].to_numpy())
     ours = np.sort(train.ids)
     if not np.array_equal(theirs, ours):
-        only_theirs = len(np.setdiff1d(theirs, ours))
+        differ = len(np.setxor1d(theirs, ours))
         raise errors.ConfigError(
-            f"{flag} was trained on other rows: {only_theirs} of its {len(theirs)} training "
-            f"images are not among this run's {len(ours)} (another split_seed, data folder or "
-            "max_rows?). Its targets would carry labels of this run's val, test or control "
-            "images into training: distil only from runs on the same split."
+            f"{flag} was trained on other rows: of its {len(theirs)} training images and this "
+            f"run's {len(ours)}, {differ} are in one set only (another split_seed, data folder, "
+            "max_rows or train_subsets?). Its targets would carry labels of this run's val, "
+            "test or control images into training: distil only from runs on the same split."
         )
     if not run.config.data.get("num_folds"):
         return None

@@ -366,6 +366,7 @@ def _summarise(run: _Run, state, progress: dict) -> dict:
         "val_accuracy": final_val["accuracy"],
         "val_images": final_val["count"],
         "train_images": len(run.data.subsets["train"]),
+        "train_subsets": list(dataset.trained_subsets(config.data)),  # val too: not held out.
         "val_heads": {k: v for k, v in final_val.items() if "/" in k},
         "train_seconds": sum(r["train_seconds"] for r in history),
         "images_per_second_median": float(np.median([r["images_per_second"] for r in history]))
