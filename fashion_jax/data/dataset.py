@@ -273,13 +273,15 @@ def load_data(
             split[head] = [
                 heads[head][i] if i >= 0 else "" for i in labels[:, head_columns.index(head)]
             ]
-    train_mask = np.isin(assignment, trained_subsets(data_config))
-    if train_mask.sum() > (assignment == "train").sum():
+    trained = trained_subsets(data_config)
+    train_mask = np.isin(assignment, trained)
+    if len(trained) > 1:
         logging.warning(
-            "Training on %s (--config.data.train_subsets): %d images; val metrics during "
-            "training are on trained images, not held out.",
-            "+".join(trained_subsets(data_config)),
+            "Training on %s (--config.data.train_subsets): %d images; this run's numbers on "
+            "%s are not held out.",
+            "+".join(trained),
             train_mask.sum(),
+            ", ".join(trained[1:]),
         )
     if data_config.num_folds:
         folds = train_folds(label_ids, train_mask, data_config.num_folds, data_config.split_seed)

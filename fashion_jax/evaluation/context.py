@@ -70,11 +70,16 @@ class Context:
         self.val_trained_on = any("val" in subsets for subsets in trained.values())
         for workdir, subsets in trained.items():
             if len(subsets) > 1:
+                chosen_on_val = (
+                    ", and what is chosen on val (greedy soups, temperature, review threshold) "
+                    "saw its training images"
+                    if "val" in subsets
+                    else ""
+                )
                 self.warn(
                     f"{workdir} was trained on {', '.join(subsets)} "
                     "(--config.data.train_subsets): its numbers on "
-                    f"{', '.join(subsets[1:])} are not held out, and what is chosen on val "
-                    "(greedy soups, temperature, review threshold) saw its training images. "
+                    f"{', '.join(subsets[1:])} are not held out{chosen_on_val}. "
                     "Compare it on the subsets it did not train on."
                 )
 
