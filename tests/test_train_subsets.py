@@ -96,6 +96,7 @@ def test_evaluation_flags_a_refit_and_fits_nothing_on_its_val(two_runs):
     assert not any(str(runs["plain"]) in w for w in report["warnings"])
     # Both runs are on one split: the ensemble and the paired test on test are allowed.
     assert any(r["kind"] == "ensemble" for r in report["results"])
+    assert report["paired_tests"]["test"]
     for result in report["results"]:
         if result["detailed"]:
             assert result["calibration"]["temperature"] is None

@@ -158,8 +158,9 @@ def _check_teacher(run: saved_runs.Run, data: dataset.FashionData):
 
 
 def _images_of(images, rows: np.ndarray):
-    """images[rows]; cached rows stay lazy, in a CachedRows of their own, so that training's
-    record of what it read (host_rows.write_record) stays what training itself held."""
+    """images[rows] (rows sorted and unique, so as many rows as images means all of them);
+    cached rows stay lazy, in a CachedRows of their own, so that training's record of what it
+    read (host_rows.write_record) stays what training itself held."""
     if isinstance(images, host_rows.CachedRows):
         return host_rows.CachedRows(images.cache, images.positions[rows])
     return images if len(rows) == len(images) else images[rows]
