@@ -18,7 +18,7 @@ The model to ship, refit on train and val (compare it on test; val is then not h
 Result (3 seeds, 2-core AMD EPYC, AVX-512, flip TTA, control): masterCategory 98.98% +- 0.13,
 subCategory 96.39% +- 0.12 (seed 0: 96.51%), gender 93.07% +- 0.23, articleType top 20 93.65%
 +- 0.16, against 98.94 / 96.26 / 92.60 / 93.04 trained on train alone there; 1.1x the training
-time (docs/results.md, "Refit on train and val").
+time (docs/results.md, "Refit on train and val"). For 16 epochs: configs/best_multi_head_refit.py.
 """
 
 from configs import best
