@@ -5,7 +5,7 @@
       --config.checkpoint=latest --config.subsets=test,control
 Val is trained on, so compare variants of it on test (bench/sweep.py --subsets=test). Against
 configs/best.py (3 seeds each, 2-core Intel Xeon, AVX-512, flip TTA): test 99.20% +- 0.07
-against 99.08 +- 0.02, control 99.14% +- 0.02 against 98.99 +- 0.01, each seed ahead on both, no
+against 99.08 +- 0.01, control 99.14% +- 0.02 against 98.99 +- 0.01, each seed ahead on both, no
 seed at p < 0.01; 428 +- 13 s of training, 1.14x (docs/results.md, "A refit of best.py").
 """
 
