@@ -47,6 +47,16 @@ def test_a_refit_on_train_and_val_is_accepted_when_nothing_is_chosen_on_val(tmp_
     config_checks.check_train_config(config)
 
 
+@pytest.mark.parametrize(
+    "subsets, held_in",
+    [(("train",), ()), (REFIT, ("val",)), (("val", "test", "train"), ("val", "test"))],
+)
+def test_the_subsets_not_held_out_are_those_besides_train_in_any_order(tmp_path, subsets, held_in):
+    config = tiny_config(tmp_path, **{"data.train_subsets": subsets, **NO_CHOICE_ON_VAL})
+    config_checks.check_train_config(config)  # Any order is accepted.
+    assert dataset.subsets_not_held_out(config.data) == held_in
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """(root, {"plain": workdir, "refit": workdir}, {name: summary}): the same tiny config and

@@ -110,6 +110,11 @@ def trained_subsets(data_config) -> tuple:
     return tuple(data_config.get("train_subsets", ("train",)))
 
 
+def subsets_not_held_out(data_config) -> tuple:
+    """The subsets a run trains on besides train (a refit), in any order they were given."""
+    return tuple(s for s in trained_subsets(data_config) if s != "train")
+
+
 def apply_label_rules(rows: pd.DataFrame, label_column: str, merge_map: dict, min_class_count: int):
     """Returns (rows with a `label` column, skipped list); class names are sorted."""
     skipped = [
@@ -275,13 +280,13 @@ def load_data(
             ]
     trained = trained_subsets(data_config)
     train_mask = np.isin(assignment, trained)
-    if len(trained) > 1:
+    if held_in := subsets_not_held_out(data_config):
         logging.warning(
             "Training on %s (--config.data.train_subsets): %d images; this run's numbers on "
             "%s are not held out.",
             "+".join(trained),
             train_mask.sum(),
-            ", ".join(trained[1:]),
+            ", ".join(held_in),
         )
     if data_config.num_folds:
         folds = train_folds(label_ids, train_mask, data_config.num_folds, data_config.split_seed)

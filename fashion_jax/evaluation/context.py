@@ -66,22 +66,23 @@ class Context:
         self._memo = {}
         self.head = runs[0].head  # Multi-head runs: the head evaluated; else None.
         self.top_classes = None  # Class indices for metrics' top_classes_accuracy.
-        trained = {run.workdir: dataset.trained_subsets(run.config.data) for run in runs}
-        self.val_trained_on = any("val" in subsets for subsets in trained.values())
-        for workdir, subsets in trained.items():
-            if len(subsets) > 1:
-                chosen_on_val = (
-                    ", and what is chosen on val (greedy soups, temperature, review threshold) "
-                    "saw its training images"
-                    if "val" in subsets
-                    else ""
-                )
-                self.warn(
-                    f"{workdir} was trained on {', '.join(subsets)} "
-                    "(--config.data.train_subsets): its numbers on "
-                    f"{', '.join(subsets[1:])} are not held out{chosen_on_val}. "
-                    "Compare it on the subsets it did not train on."
-                )
+        self.val_trained_on = False
+        for run in runs:
+            held_in = dataset.subsets_not_held_out(run.config.data)
+            if not held_in:
+                continue
+            self.val_trained_on |= "val" in held_in
+            chosen_on_val = (
+                ", and what is chosen on val (greedy soups, temperature, review threshold) "
+                "saw its training images"
+                if "val" in held_in
+                else ""
+            )
+            self.warn(
+                f"{run.workdir} was trained on {', '.join(dataset.trained_subsets(run.config.data))} "
+                f"(--config.data.train_subsets): its numbers on {', '.join(held_in)} are not held "
+                f"out{chosen_on_val}. Compare it on the subsets it did not train on."
+            )
 
     @property
     def class_names(self) -> list:
