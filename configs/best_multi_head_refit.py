@@ -8,7 +8,7 @@ Val is trained on, so it scores nothing here: compare variants of it on test (be
 the 12-epoch refit (3 seeds each, 2-core Intel Xeon, AVX-512, flip TTA): subCategory 96.51% +-
 0.09 against 96.33 +- 0.08 and gender 92.89 against 92.66, ahead for every seed, no seed at
 p < 0.05. Result on control: masterCategory 99.10% +- 0.11, subCategory 96.45% +- 0.24 (seed 0:
-96.70%), gender 93.09% +- 0.09, articleType top 20 93.57% +- 0.03; 811 +- 9 s of training, 1.34x
+96.70%), gender 93.09% +- 0.09, articleType top 20 93.57% +- 0.04; 811 +- 9 s of training, 1.34x
 the 12-epoch refit (docs/results.md, "Sixteen epochs for the refit").
 """
 
