@@ -13,6 +13,8 @@ per variant: the mean +- standard deviation over seeds of every head's accuracy 
 and of the training seconds (training plus epoch ends) and the wall seconds.
 """
 
+import ast
+import importlib.util
 import json
 import os
 import sys
@@ -82,6 +84,41 @@ def parse_subsets(items: list) -> list:
             f"--subsets={','.join(items)}: choose among {', '.join(dataset.SUBSETS)}"
         )
     return items
+
+
+def subsets_trained_on(config_file: str, overrides: list) -> tuple:
+    """The subsets a variant trains on besides train: its --config.data.train_subsets, else its
+    config file's."""
+    flag = "--config.data.train_subsets="
+    for word in overrides:
+        if word.startswith(flag):
+            try:
+                value = tuple(ast.literal_eval(word[len(flag) :]))
+            except (ValueError, SyntaxError, TypeError):
+                raise app.UsageError(
+                    f"{word}: give the subsets as a Python tuple, e.g. {flag}\"('train','val')\""
+                ) from None
+            return dataset.subsets_not_held_out({"train_subsets": value})
+    if speedrun.REPO_ROOT not in sys.path:
+        sys.path.insert(0, speedrun.REPO_ROOT)  # Config files import each other (configs.<name>).
+    path = os.path.join(speedrun.REPO_ROOT, config_file)
+    spec = importlib.util.spec_from_file_location("sweep_variant_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dataset.subsets_not_held_out(module.get_config().data)
+
+
+def check_held_out(variants: dict, subsets: list):
+    """Refuses, before any run, to score a variant on a subset it trains on (a refit): its mean
+    would count training images as held out."""
+    for name, (config_file, overrides) in variants.items():
+        trained = [s for s in subsets if s in subsets_trained_on(config_file, overrides)]
+        if trained:
+            raise app.UsageError(
+                f"--variant={name} trains on {', '.join(trained)} (--config.data.train_subsets), "
+                f"so --subsets={','.join(subsets)} would score it on images it trained on: "
+                "score it on subsets it holds out (a refit on train and val: --subsets=test)."
+            )
 
 
 def report_scores(report: dict) -> dict:
@@ -165,7 +202,7 @@ def summarise(runs: list) -> dict:
 def main(argv):
     del argv
     variants = parse_variants(FLAGS.variant)
-    parse_subsets(FLAGS.subsets)
+    check_held_out(variants, parse_subsets(FLAGS.subsets))
     os.makedirs(FLAGS.root, exist_ok=True)
     speedrun.warm_image_cache(FLAGS.root, FLAGS.max_rows)
     runs = []

@@ -42,6 +42,39 @@ def test_variants_are_parsed_and_bad_ones_refused_naming_the_flag():
         bench.parse_subsets(["val", "holdout"])
 
 
+def test_a_variant_is_never_scored_on_a_subset_it_trains_on():
+    bench = load_sweep()
+    refused = [
+        # train_subsets set in the config file:
+        ("r=configs/best_multi_head_refit.py", ["val"], "on val "),
+        (
+            "r=configs/best.py --config.data.train_subsets=('train','val','test')",
+            ["test"],
+            "on test ",
+        ),
+        (
+            "r=configs/best.py --config.data.train_subsets=('test','train')",
+            ["val", "test"],
+            "on test ",
+        ),
+    ]
+    for variant, subsets, named in refused:
+        with pytest.raises(bench.app.UsageError, match=f"--variant=r trains {named}"):
+            bench.check_held_out(bench.parse_variants([variant]), subsets)
+    accepted = [
+        ("r=configs/best_multi_head_refit.py", ["test"]),
+        ("r=configs/best.py --config.data.train_subsets=('train','val','test')", ["control"]),
+        ("r=configs/best.py", ["val", "test"]),
+    ]
+    for variant, subsets in accepted:
+        bench.check_held_out(bench.parse_variants([variant]), subsets)
+    with pytest.raises(bench.app.UsageError, match="as a Python tuple"):
+        bench.check_held_out(
+            bench.parse_variants(["r=configs/best.py --config.data.train_subsets=train,val"]),
+            ["val"],
+        )
+
+
 def test_the_summary_is_each_heads_mean_and_spread_over_seeds():
     bench = load_sweep()
     runs = [
