@@ -13,7 +13,6 @@ per variant: the mean +- standard deviation over seeds of every head's accuracy 
 and of the training seconds (training plus epoch ends) and the wall seconds.
 """
 
-import ast
 import importlib.util
 import json
 import os
@@ -21,10 +20,12 @@ import sys
 
 from absl import app
 from absl import flags
+from ml_collections.config_flags import tuple_parser
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import speedrun  # noqa: E402  (bench/ is not a package; shares the run and cache helpers)
 
+from fashion_jax import errors  # noqa: E402
 from fashion_jax.data import dataset  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -87,37 +88,39 @@ def parse_subsets(items: list) -> list:
 
 
 def subsets_trained_on(config_file: str, overrides: list) -> tuple:
-    """The subsets a variant trains on besides train: its --config.data.train_subsets, else its
-    config file's."""
-    flag = "--config.data.train_subsets="
-    for word in overrides:
-        if word.startswith(flag):
-            try:
-                value = tuple(ast.literal_eval(word[len(flag) :]))
-            except (ValueError, SyntaxError, TypeError):
-                raise app.UsageError(
-                    f"{word}: give the subsets as a Python tuple, e.g. {flag}\"('train','val')\""
-                ) from None
-            return dataset.subsets_not_held_out({"train_subsets": value})
+    """The subsets a variant trains on besides train, read as run_train.py reads them (its config
+    file, then --config.data.train_subsets parsed by ml_collections) and refused as it would be."""
     if speedrun.REPO_ROOT not in sys.path:
         sys.path.insert(0, speedrun.REPO_ROOT)  # Config files import each other (configs.<name>).
     path = os.path.join(speedrun.REPO_ROOT, config_file)
     spec = importlib.util.spec_from_file_location("sweep_variant_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dataset.subsets_not_held_out(module.get_config().data)
+    data_config = module.get_config().data
+    flag = "--config.data.train_subsets="
+    for word in overrides:
+        if word.startswith(flag):
+            data_config.train_subsets = tuple_parser.TupleParser().parse(word[len(flag) :])
+    try:
+        dataset.check_config(data_config)
+    except errors.ConfigError as error:
+        raise app.UsageError(f"--variant with {config_file}: {error}") from None
+    return dataset.subsets_not_held_out(data_config)
 
 
 def check_held_out(variants: dict, subsets: list):
     """Refuses, before any run, to score a variant on a subset it trains on (a refit): its mean
     would count training images as held out."""
     for name, (config_file, overrides) in variants.items():
-        trained = [s for s in subsets if s in subsets_trained_on(config_file, overrides)]
+        held_in = subsets_trained_on(config_file, overrides)
+        trained = [s for s in subsets if s in held_in]
         if trained:
             raise app.UsageError(
                 f"--variant={name} trains on {', '.join(trained)} (--config.data.train_subsets), "
                 f"so --subsets={','.join(subsets)} would score it on images it trained on: "
-                "score it on subsets it holds out (a refit on train and val: --subsets=test)."
+                "score it on what it holds out, --subsets="
+                + ",".join(s for s in dataset.SUBSETS[1:] if s not in held_in)
+                + "."
             )
 
 
