@@ -13,14 +13,13 @@ per variant: the mean +- standard deviation over seeds of every head's accuracy 
 and of the training seconds (training plus epoch ends) and the wall seconds.
 """
 
-import importlib.util
 import json
 import os
 import sys
 
 from absl import app
 from absl import flags
-from ml_collections.config_flags import tuple_parser
+from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import speedrun  # noqa: E402  (bench/ is not a package; shares the run and cache helpers)
@@ -87,20 +86,30 @@ def parse_subsets(items: list) -> list:
     return items
 
 
-def subsets_trained_on(config_file: str, overrides: list) -> tuple:
-    """The subsets a variant trains on besides train, read as run_train.py reads them (its config
-    file, then --config.data.train_subsets parsed by ml_collections) and refused as it would be."""
+def variant_config(config_file: str, overrides: list):
+    """A variant's config as run_train.py reads it: ml_collections' config-file flag over its file
+    and its --config.<field> overrides; one that training could not apply is refused here."""
     if speedrun.REPO_ROOT not in sys.path:
         sys.path.insert(0, speedrun.REPO_ROOT)  # Config files import each other (configs.<name>).
-    path = os.path.join(speedrun.REPO_ROOT, config_file)
-    spec = importlib.util.spec_from_file_location("sweep_variant_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data_config = module.get_config().data
-    flag = "--config.data.train_subsets="
-    for word in overrides:
-        if word.startswith(flag):
-            data_config.train_subsets = tuple_parser.TupleParser().parse(word[len(flag) :])
+    argv = ["sweep", "--config=" + os.path.join(speedrun.REPO_ROOT, config_file), *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    try:
+        flag_values(argv)
+    except flags.Error as error:  # A value the field's type cannot parse.
+        reason = str(error)
+    except (AttributeError, KeyError):  # ml_collections' words for a missing field.
+        reason = "a field it names is not in the config"
+    else:
+        return flag_values.config
+    raise app.UsageError(
+        f"--variant with {config_file} {' '.join(overrides)}: training would refuse it: {reason}"
+    )
+
+
+def subsets_trained_on(config_file: str, overrides: list) -> tuple:
+    """The subsets a variant trains on besides train, refused as training would refuse them."""
+    data_config = variant_config(config_file, overrides).data
     try:
         dataset.check_config(data_config)
     except errors.ConfigError as error:

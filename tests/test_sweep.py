@@ -76,6 +76,10 @@ def test_a_variant_is_never_scored_on_a_subset_it_trains_on():
             bench.parse_variants(["r=configs/best.py --config.data.train_subsets=train,val"]),
             ["val"],
         )
+    # An override training could not apply is refused here too, naming the variant's file.
+    for bad in ("--config.data.no_such_field=1", "--config.num_epochs=eight"):
+        with pytest.raises(bench.app.UsageError, match=f"configs/best.py {bad}: training would"):
+            bench.check_held_out(bench.parse_variants([f"r=configs/best.py {bad}"]), ["val"])
 
 
 def test_the_summary_is_each_heads_mean_and_spread_over_seeds():
