@@ -24,6 +24,7 @@ def get_config():
     config.model.stem_features = 32
     config.model.whiten_stem_images = 0
     config.model.block_features = (32, 64, 128)
+    config.model.convs_per_block = 2
     config.model.pooling = "flatten"
     config.model.dense_units = 0
     config.model.bn_momentum = 0.9

@@ -40,6 +40,55 @@ def test_speed_net_gives_logits_per_head_at_80x60():
     assert {k: v.shape for k, v in out.items()} == {"masterCategory": (2, 5), "gender": (2, 3)}
 
 
+def speed_net_variables(convs_per_block: int, classes: int = 5):
+    model = models.create_model(
+        override(speedrun.get_config().model, conv_impl="xla", convs_per_block=convs_per_block),
+        classes,
+    )
+    return model, model.init(jax.random.key(0), jnp.zeros((2, 80, 60, 3)))
+
+
+def test_deeper_blocks_add_convolutions_at_the_pooled_resolution_and_the_default_keeps_two():
+    _, shallow = speed_net_variables(2)
+    _, deep = speed_net_variables(3)
+    added = set(deep["params"]) - set(shallow["params"])
+    assert added == {f"block{b}_{kind}3" for b in (1, 2, 3) for kind in ("conv", "bn")}
+    assert not set(shallow["params"]) - set(deep["params"])
+    assert {b: deep["params"][f"block{b}_conv3"].shape for b in (1, 2, 3)} == {
+        1: (3, 3, 32, 32),
+        2: (3, 3, 64, 64),
+        3: (3, 3, 128, 128),
+    }
+
+
+def test_the_convolutions_after_a_blocks_first_are_a_residual_branch():
+    """With their kernels at zero, a 3-convolution block passes its first convolution's output
+    on unchanged (BatchNorm and ReLU of zeros are zero): the network equals the one-convolution
+    network with the same other parameters."""
+    one_model, one = speed_net_variables(1)
+    deep_model, deep = speed_net_variables(3)
+    params = jax.tree.map(lambda x: x, deep["params"])  # A copy to edit.
+    for name in one["params"]:
+        params[name] = one["params"][name]
+    for b in (1, 2, 3):
+        for layer in (2, 3):
+            params[f"block{b}_conv{layer}"] = jnp.zeros_like(params[f"block{b}_conv{layer}"])
+    images = jax.random.uniform(jax.random.key(1), (4, 80, 60, 3))
+    expected = one_model.apply(one, images)
+    got = deep_model.apply({**deep, "params": params}, images)
+    assert float(jnp.abs(expected).max()) > 0
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_fewer_than_one_convolution_per_block_is_refused_naming_the_flag():
+    from fashion_jax import errors
+
+    for bad in (0, -1):
+        config = override(speedrun.get_config().model, convs_per_block=bad)
+        with pytest.raises(errors.ConfigError, match="--config.model.convs_per_block"):
+            models.check_config(config)
+
+
 def tiny_speedrun(tmp_path, rows_per_class: int, **fields):
     """configs/speedrun.py at batch 16 on a synthetic dataset of four colour-coded classes."""
     data = write_synthetic_dataset(tmp_path / "data", rows_per_class=rows_per_class)

@@ -5,7 +5,9 @@ A 2x2 patch convolution with stride 2 (a reshape and one matmul, cheap on a CPU)
 convolution and a 2x2 max pool, takes the photo to 40x30; then blocks of [3x3 conv -> 2x2 max
 pool -> BN -> ReLU -> 3x3 conv -> BN -> ReLU] (20x15, 10x7, 5x3), global max pooling (or the
 flattened 5x3 grid) and the classifier head(s). With block_features (32, 64, 128) a forward pass
-is about 30 M multiply-adds, a quarter of the seed CNN's.
+is about 30 M multiply-adds, a quarter of the seed CNN's. convs_per_block=3 adds a [3x3 conv ->
+BN -> ReLU] to each block at the pooled resolution (about +26% multiply-adds) and makes the
+convolutions after the first a residual branch, as airbench96's blocks.
 """
 
 from collections.abc import Sequence
@@ -46,10 +48,17 @@ POOLINGS = ("max", "flatten")
 
 
 def check_config(model_config) -> None:
-    """Refuses an unknown stem, and a whitening stem of the wrong width or kind."""
+    """Refuses an unknown stem, fewer than one convolution per block, and a whitening stem of
+    the wrong width or kind."""
     stem = model_config.get("stem", "patch")
     errors.check_choice("--config.model.stem", stem, STEMS)
     errors.check_choice("--config.model.pooling", model_config.get("pooling", "max"), POOLINGS)
+    convs = model_config.get("convs_per_block", 2)
+    if not isinstance(convs, int) or convs < 1:
+        raise errors.ConfigError(
+            f"--config.model.convs_per_block={convs}: give a whole number of 3x3 convolutions "
+            "per block, at least 1 (2 is the speedrun's)."
+        )
     whitening = model_config.get("whiten_stem_images", 0) > 0
     if whitening and (stem != "patch" or model_config.get("stem_features", 32) != 24):
         raise errors.ConfigError(
@@ -77,6 +86,9 @@ class SpeedNet(nn.Module):
     # of the 2x2 patches of this many training images (initial_params), not at random.
     whiten_stem_images: int = 0
     block_features: Sequence[int] = (32, 64, 128)
+    # 3x3 convolutions per block; from 3 on, those after the first add to its output (residual),
+    # so that a deeper block starts close to the shallow one.
+    convs_per_block: int = 2
     pooling: str = "max"  # "max": global max pooling; "flatten": every position's features.
     # >0: a hidden Dense layer of this width (+ ReLU) before the heads; cheap next to the convs
     # (1920 x 512 multiply-adds on the flattened 5x3x128 grid) and the seed CNN's main capacity.
@@ -105,7 +117,7 @@ class SpeedNet(nn.Module):
             x = conv3x3(x, kernel.astype(dtype), padding=1, impl=self.conv_impl)
             x = max_pool_2x2(nn.relu(batch_norm(name="stem_bn")(x)))
         for block, features in enumerate(self.block_features):
-            for layer in (1, 2):
+            for layer in range(1, self.convs_per_block + 1):
                 name = f"block{block + 1}_conv{layer}"
                 kernel = self.param(
                     name, nn.initializers.he_normal(), (3, 3, x.shape[-1], features)
@@ -114,6 +126,10 @@ class SpeedNet(nn.Module):
                 if layer == 1:
                     x = max_pool_2x2(x)
                 x = nn.relu(batch_norm(name=f"block{block + 1}_bn{layer}")(x))
+                if layer == 1:
+                    shortcut = x
+            if self.convs_per_block >= 3:
+                x = x + shortcut
         # "flatten" keeps where in the photo a feature was (the seed CNN's head does too).
         x = x.max(axis=(1, 2)) if self.pooling == "max" else x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
