@@ -146,22 +146,29 @@ def test_report_crafted_example():
     )
     heads = report["heads"]
     # master: rows 0,1,2,4 labelled; independent wrong on row 0.
+    # Paired: one image only the decoding gets right, none only the independent argmax (p = 1).
+    paired = {"only_independent_correct": 0, "only_decoded_correct": 1, "p_value": 1.0}
     assert heads["masterCategory"] == {
         "count": 4,
         "independent_accuracy": 0.75,
         "decoded_accuracy": 1.0,
+        **paired,
     }
     # sub: all rows labelled; independent wrong on row 2.
     assert heads["subCategory"] == {
         "count": 5,
         "independent_accuracy": 0.8,
         "decoded_accuracy": 1.0,
+        **paired,
     }
     # article: rows 0,1,3,4 labelled; both wrong on rows 1 and 4 (row 2, missing, not counted).
     assert heads["articleType"] == {
         "count": 4,
         "independent_accuracy": 0.5,
         "decoded_accuracy": 0.5,
+        "only_independent_correct": 0,
+        "only_decoded_correct": 0,
+        "p_value": 1.0,
     }
     assert report["count"] == 5 and report["num_allowed"] == 4
     assert report["independent_inconsistency_rate"] == pytest.approx(0.4)
@@ -181,3 +188,13 @@ def test_report_without_labels_gives_nan():
     assert np.isnan(report["heads"]["m"]["independent_accuracy"])
     assert report["complete_count"] == 0 and np.isnan(report["decoded_exact_match"])
     assert report["changed_rows"] == 2
+
+
+def test_the_paired_test_counts_the_images_only_one_way_gets_right():
+    # Row 0 ten times (only the decoding right on master) and row 3 once (both right).
+    rows = [0] * 10 + [3]
+    lp = [x[rows] for x in log_probs()]
+    labels = np.array([[1, 2, 2]] * 10 + [[2, 1, 1]])
+    master = hierarchy.hierarchy_report(lp, labels, ALLOWED, ["m", "s", "a"])["heads"]["m"]
+    assert (master["only_independent_correct"], master["only_decoded_correct"]) == (0, 10)
+    assert master["p_value"] == pytest.approx(2 * 0.5**10)

@@ -6,6 +6,7 @@ import json
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from fashion_jax import errors
@@ -134,6 +135,61 @@ def test_predict_writes_a_column_group_per_head_and_a_consistent_triple(multi_he
     )
     assert hierarchy.is_consistent(decoded, allowed).all()
     assert {row["needs_review"] for row in rows} <= {"0", "1"}
+
+
+def test_the_decoded_levels_are_written_as_a_model_that_others_are_paired_with(
+    multi_head_run, tmp_path
+):
+    workdir, other = str(multi_head_run / "run"), str(multi_head_run / "other")
+    config = eval_config(
+        evaluators="single", batch_size=16, subsets="val,test", checkpoint="latest"
+    )
+    runner.evaluate([workdir], config, str(tmp_path / "eval"))
+    summary = json.loads((tmp_path / "eval" / heads_lib.HEADS_JSON).read_text())["hierarchy"]
+    run = saved_runs.open_run(workdir)
+    split = saved_runs.read_split(run)
+    levels = ["masterCategory", "subCategory", "articleType"]
+    allowed = hierarchy.allowed_combinations(
+        heads_lib.label_matrix(split[split["subset"] == "train"], run, levels)
+    )
+    folders = {h: tmp_path / "eval" / h / summary["predictions_folder"] for h in levels}
+    for subset in ("val", "test"):
+        tables = {h: pd.read_csv(folders[h] / f"{subset}_predictions.csv") for h in levels}
+        for h in levels:
+            numbers = summary["subsets"][subset]["heads"][h]
+            table = tables[h]
+            assert set(table["label_column"]) == {h} and len(table) == numbers["count"]
+            right = (table["predicted"] == table["label"]).mean()
+            assert right == pytest.approx(numbers["decoded_accuracy"])
+        # Rows with all three labels: the decoded triples are combinations seen in training.
+        triples = tables["masterCategory"][["id", "predicted"]]
+        for h in levels[1:]:
+            triples = triples.merge(tables[h][["id", "predicted"]], on="id", suffixes=("", h))
+        decoded = np.array(
+            [
+                [run.heads[h].index(v) for h, v in zip(levels, row)]
+                for row in triples.drop(columns="id").itertuples(index=False)
+            ]
+        )
+        assert len(decoded) and hierarchy.is_consistent(decoded, allowed).all()
+    # The other run's masterCategory report pairs itself with the decoded predictions.
+    paired_config = eval_config(
+        evaluators="single",
+        batch_size=16,
+        subsets="val",
+        checkpoint="latest",
+        **{"report.compare_with": str(folders["masterCategory"])},
+    )
+    reports = runner.evaluate([other], paired_config, str(tmp_path / "paired"))
+    (test,) = reports["masterCategory"]["paired_tests_with_other_evaluations"]["val"]
+    mine = pd.read_csv(next((tmp_path / "paired" / "masterCategory").glob("*/val_predictions.csv")))
+    theirs = pd.read_csv(folders["masterCategory"] / "val_predictions.csv")
+    both = mine.merge(theirs, on="id", suffixes=("_mine", "_decoded"))
+    mine_right = both["predicted_mine"] == both["label_mine"]
+    decoded_right = both["predicted_decoded"] == both["label_decoded"]
+    assert len(both) == test["images"]
+    assert test["only_a_correct"] == int((mine_right & ~decoded_right).sum())
+    assert test["only_b_correct"] == int((decoded_right & ~mine_right).sum())
 
 
 def test_ensemble_and_soups_of_multi_head_runs(multi_head_run, tmp_path):

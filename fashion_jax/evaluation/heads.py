@@ -16,6 +16,7 @@ from fashion_jax.data import dataset
 from fashion_jax.evaluation import config_checks
 from fashion_jax.evaluation import hierarchy
 from fashion_jax.evaluation import markdown as md_lib
+from fashion_jax.evaluation import report as report_lib
 from fashion_jax.evaluation import statistics
 
 TOP_CLASSES = 20  # Published numbers for this dataset use the 20 most common article types.
@@ -61,10 +62,15 @@ def hierarchy_heads(run: saved_runs.Run, hierarchy_config) -> list:
     return [h for h in config_checks.names(hierarchy_config) if h in (run.heads or {})]
 
 
-def hierarchy_evaluation(evaluation, config) -> dict | None:
+def hierarchy_evaluation(evaluation, config, output_dir: str | None = None) -> dict | None:
     """Consistency of the independent per-head predictions with the label combinations seen in
     training, and accuracy of the consistent decoding, per subset (None without 2+ levels), for
-    the first workdir's checkpoint; its predictions come from the store the reports used."""
+    the first workdir's checkpoint; its predictions come from the store the reports used.
+
+    With `output_dir`, each level's decoded predictions are written as a model of their own,
+    <output_dir>/<head>/consistent_<checkpoint>/<subset>_predictions.csv, in the format of the
+    reports' predictions, so that --config.report.compare_with can pair other models with them.
+    """
     checkpoint, split = evaluation.checkpoints[0], evaluation.splits[0]
     run = checkpoint.run
     heads = hierarchy_heads(run, config.hierarchy)
@@ -73,19 +79,54 @@ def hierarchy_evaluation(evaluation, config) -> dict | None:
     allowed = hierarchy.allowed_combinations(
         label_matrix(split[split["subset"] == "train"], run, heads)
     )
+    folder = "consistent_" + report_lib.folder_name(checkpoint.name)
     result = {
         "heads": heads,
         "checkpoint": checkpoint.name,
         "allowed_combinations": int(len(allowed)),
+        "predictions_folder": folder if output_dir else None,
         "subsets": {},
     }
     for subset in config_checks.names(config.subsets):
         rows = split[split["subset"] == subset]
-        log_probs = evaluation.store(checkpoint, subset)
+        log_probs = [evaluation.store(checkpoint, subset)[h] for h in heads]
+        labels = label_matrix(rows, run, heads)
+        decoded = hierarchy.decode_consistent(log_probs, allowed)
         result["subsets"][subset] = hierarchy.hierarchy_report(
-            [log_probs[h] for h in heads], label_matrix(rows, run, heads), allowed, heads
+            log_probs, labels, allowed, heads, decoded=decoded
         )
+        if output_dir:
+            for h, head in enumerate(heads):
+                _write_decoded(
+                    os.path.join(
+                        output_dir, head, folder, subset + config_checks.PREDICTIONS_SUFFIX
+                    ),
+                    rows["id"].to_numpy(),
+                    head,
+                    np.asarray(run.heads[head]),
+                    labels[:, h],
+                    decoded[:, h],
+                    log_probs[h],
+                )
     return result
+
+
+def _write_decoded(path, ids, head, class_names, labels, decoded, log_probs):
+    """The rows with a `head` label: id, label, the decoded class and the head's own probability
+    of it."""
+    labelled = labels >= 0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pd.DataFrame(
+        {
+            "id": ids[labelled],
+            "label_column": head,
+            "label": class_names[labels[labelled]],
+            "predicted": class_names[decoded[labelled]],
+            "probability": np.exp(np.take_along_axis(log_probs, decoded[:, None], 1)[:, 0])[
+                labelled
+            ],
+        }
+    ).to_csv(path, index=False, float_format="%.6f")
 
 
 def consistent_columns(run: saved_runs.Run, split: pd.DataFrame, hierarchy_config):
@@ -197,7 +238,14 @@ def markdown(result: dict) -> str:
             "",
             f"{h['allowed_combinations']} label combinations occur in training. "
             "Independent: each head's argmax; decoded: the allowed combination with the "
-            "highest summed log-probability.",
+            "highest summed log-probability. The paired test is McNemar's exact test of the two "
+            "on the same images."
+            + (
+                f" Each level's decoded predictions: <head>/{h['predictions_folder']}/ "
+                "(for --config.report.compare_with)."
+                if h.get("predictions_folder")
+                else ""
+            ),
             "",
             md_lib.table(
                 [
@@ -206,7 +254,10 @@ def markdown(result: dict) -> str:
                     "exact combination independent %",
                     "decoded %",
                 ]
-                + [f"{x} indep. / decoded %" for x in h["heads"]],
+                + [
+                    f"{x} indep. / decoded % (only indep. : only decoded right, p)"
+                    for x in h["heads"]
+                ],
                 [
                     [
                         subset,
@@ -216,7 +267,10 @@ def markdown(result: dict) -> str:
                     ]
                     + [
                         f"{pct(s['heads'][x]['independent_accuracy'])} / "
-                        f"{pct(s['heads'][x]['decoded_accuracy'])}"
+                        f"{pct(s['heads'][x]['decoded_accuracy'])} "
+                        f"({s['heads'][x]['only_independent_correct']} : "
+                        f"{s['heads'][x]['only_decoded_correct']}, "
+                        f"{s['heads'][x]['p_value']:.2g})"
                         for x in h["heads"]
                     ]
                     for subset, s in h["subsets"].items()

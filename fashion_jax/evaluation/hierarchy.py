@@ -6,10 +6,12 @@ the training subset (in the label space after merging and folding into "Other"),
 picks, per image, the allowed combination with the highest summed log-probability.
 
 Labels and predictions are integer class indices [N, H], one column per head in a fixed order;
--1 means missing. Pure numpy.
+-1 means missing. numpy, and scipy for the paired test (statistics.py).
 """
 
 import numpy as np
+
+from fashion_jax.evaluation import statistics
 
 # Score elements ([rows, K]) computed at once by decode_consistent when chunk_size is not given.
 _CHUNK_ELEMENTS = 1 << 22
@@ -97,10 +99,13 @@ def hierarchy_report(
     allowed: np.ndarray,
     head_names: list,
     chunk_size: int = None,
+    decoded: np.ndarray = None,
 ) -> dict:
-    """Independent argmax versus consistent decoding: accuracies, inconsistency, exact matches.
+    """Independent argmax versus consistent decoding: accuracies, McNemar's exact test of the
+    two on each head, inconsistency, exact matches (`decoded`: decode_consistent's result, when
+    already computed).
 
-    Per-head accuracy uses the rows where that head's label is present; exact match (all heads
+    Per-head accuracy and the paired test use the rows where that head's label is present; exact match (all heads
     right) and `unseen_label_combinations` (true combination not in `allowed`, so decoding cannot
     get it right) use the rows where every label is present. Undefined shares are nan.
     """
@@ -108,7 +113,8 @@ def hierarchy_report(
     if not len(head_names) == len(log_probs) == labels.shape[1]:
         raise ValueError("head_names, log_probs and labels disagree on the number of heads")
     independent = np.stack([np.asarray(lp).argmax(1) for lp in log_probs], 1).astype(np.int64)
-    decoded = decode_consistent(log_probs, allowed, chunk_size)
+    if decoded is None:
+        decoded = decode_consistent(log_probs, allowed, chunk_size)
     if independent.shape != labels.shape:
         raise ValueError(f"predictions {independent.shape} but labels {labels.shape}")
     present = labels >= 0
@@ -116,10 +122,16 @@ def hierarchy_report(
     heads = {}
     for h, name in enumerate(head_names):
         rows = present[:, h]
+        independent_right = independent[rows, h] == labels[rows, h]
+        decoded_right = decoded[rows, h] == labels[rows, h]
+        paired = statistics.mcnemar_exact(independent_right, decoded_right)
         heads[name] = {
             "count": int(rows.sum()),
-            "independent_accuracy": _share(independent[rows, h] == labels[rows, h]),
-            "decoded_accuracy": _share(decoded[rows, h] == labels[rows, h]),
+            "independent_accuracy": _share(independent_right),
+            "decoded_accuracy": _share(decoded_right),
+            "only_independent_correct": paired["only_a_correct"],
+            "only_decoded_correct": paired["only_b_correct"],
+            "p_value": paired["p_value"],
         }
     return {
         "count": int(len(labels)),

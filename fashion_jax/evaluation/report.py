@@ -335,8 +335,13 @@ def _plot_reliability(result, subset, path, title):
     figures.plot_reliability(curves, path, f"{title}: reliability")
 
 
+def folder_name(name: str) -> str:
+    """A model's name as a folder name ("run_seed0@epoch 8" -> "run_seed0_epoch_8")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
 def _unique_slug(name: str, taken: set) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    base = folder_name(name)
     slug, n = base, 1
     while slug in taken:
         n += 1

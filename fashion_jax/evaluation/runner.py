@@ -92,7 +92,7 @@ def evaluate(workdirs: list, config, output_dir: str) -> dict:
         for head in heads
     }
     _combine_audits(output_dir, heads)
-    hierarchy_result = heads_lib.hierarchy_evaluation(evaluation, config)
+    hierarchy_result = heads_lib.hierarchy_evaluation(evaluation, config, output_dir)
     heads_lib.write(output_dir, heads_lib.summary(reports, hierarchy_result))
     logging.info("Wrote %s and %s in %s", heads_lib.HEADS_JSON, heads_lib.HEADS_MD, output_dir)
     return reports
