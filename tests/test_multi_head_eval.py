@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import f1_score
 
 from fashion_jax import errors
 from fashion_jax import saved_runs
@@ -161,6 +162,15 @@ def test_the_decoded_levels_are_written_as_a_model_that_others_are_paired_with(
             assert set(table["label_column"]) == {h} and len(table) == numbers["count"]
             right = (table["predicted"] == table["label"]).mean()
             assert right == pytest.approx(numbers["decoded_accuracy"])
+            names = run.heads[h]
+            f1 = f1_score(
+                table["label"], table["predicted"], labels=names, average="macro", zero_division=0
+            )
+            assert numbers["decoded_macro_f1"] == pytest.approx(f1)
+            low, high = numbers["decoded_macro_f1_interval"]
+            assert 0 <= low <= high <= 1
+            low, high = numbers["decoded_accuracy_interval"]
+            assert low < right < high or right in (0, 1)
         # Rows with all three labels: the decoded triples are combinations seen in training.
         triples = tables["masterCategory"][["id", "predicted"]]
         for h in levels[1:]:

@@ -92,9 +92,13 @@ def hierarchy_evaluation(evaluation, config, output_dir: str | None = None) -> d
         log_probs = [evaluation.store(checkpoint, subset)[h] for h in heads]
         labels = label_matrix(rows, run, heads)
         decoded = hierarchy.decode_consistent(log_probs, allowed)
-        result["subsets"][subset] = hierarchy.hierarchy_report(
+        result["subsets"][subset] = report = hierarchy.hierarchy_report(
             log_probs, labels, allowed, heads, decoded=decoded
         )
+        for h, head in enumerate(heads):
+            report["heads"][head].update(
+                _decoded_intervals(labels[:, h], decoded[:, h], run.heads[head], config.report)
+            )
         if output_dir:
             for h, head in enumerate(heads):
                 _write_decoded(
@@ -109,6 +113,38 @@ def hierarchy_evaluation(evaluation, config, output_dir: str | None = None) -> d
                     log_probs[h],
                 )
     return result
+
+
+def _decoded_intervals(labels, decoded, class_names, report_config) -> dict:
+    """The decoded level as a model of its own, on the rows with a label: accuracy's Wilson
+    interval, macro F1 and per-class recall with their bootstrap intervals (as the reports')."""
+    labelled = labels >= 0
+    labels, decoded = labels[labelled], decoded[labelled]
+    if not len(labels):
+        nan = float("nan")
+        return {"decoded_accuracy_interval": (nan, nan), "decoded_macro_f1": nan}
+    recall, macro_f1 = statistics.recall_and_macro_f1(
+        statistics.confusion_counts(labels, decoded, len(class_names))
+    )
+    boot = statistics.bootstrap_intervals(
+        labels,
+        decoded,
+        len(class_names),
+        report_config.bootstrap_samples,
+        report_config.bootstrap_seed,
+        report_config.confidence_level,
+    )
+    return {
+        "decoded_accuracy_interval": statistics.wilson_interval(
+            int((labels == decoded).sum()), len(labels), report_config.confidence_level
+        ),
+        "decoded_macro_f1": macro_f1,
+        "decoded_macro_f1_interval": boot["macro_f1"],
+        "decoded_recall": {
+            name: {"value": float(r), "interval": i}
+            for name, r, i in zip(class_names, recall, boot["recall"])
+        },
+    }
 
 
 def _write_decoded(path, ids, head, class_names, labels, decoded, log_probs):
@@ -274,6 +310,29 @@ def markdown(result: dict) -> str:
                         for x in h["heads"]
                     ]
                     for subset, s in h["subsets"].items()
+                ],
+            ),
+            "",
+            "The decoded levels as models of their own (recall per class: heads.json):",
+            "",
+            md_lib.table(
+                ["subset", "head", "images", "decoded accuracy %", "decoded macro F1"],
+                [
+                    [
+                        subset,
+                        x,
+                        s["heads"][x]["count"],
+                        md_lib.pct_interval(
+                            s["heads"][x]["decoded_accuracy"],
+                            s["heads"][x]["decoded_accuracy_interval"],
+                        ).replace("%", ""),
+                        md_lib.num_interval(
+                            s["heads"][x]["decoded_macro_f1"],
+                            s["heads"][x]["decoded_macro_f1_interval"],
+                        ),
+                    ]
+                    for subset, s in h["subsets"].items()
+                    for x in h["heads"]
                 ],
             ),
         ]
