@@ -251,3 +251,19 @@ def test_the_2020_study_is_shown_only_beside_its_own_label_column(tmp_path, cach
     assert "## Compared with the 2020 Keras study (control subset)" in master
     assert "98.76%" in master and "Model 1 (Adam)" in master
     assert "Compared with" not in gender and "98.76" not in gender
+
+
+def test_a_decoded_level_without_labels_in_a_subset_gets_nan_not_an_error():
+    report_config = eval_config().report
+    empty = heads_lib._decoded_intervals(
+        np.full(4, -1), np.zeros(4, int), ["a", "b"], report_config
+    )
+    assert np.isnan(empty["decoded_macro_f1"]) and np.isnan(empty["decoded_accuracy_interval"][0])
+    assert empty["decoded_recall"] == {}
+    some = heads_lib._decoded_intervals(
+        np.array([0, 1, -1, 1]), np.array([0, 0, 1, 1]), ["a", "b"], report_config
+    )
+    assert (
+        some["decoded_recall"]["a"]["value"] == 1.0 and some["decoded_recall"]["b"]["value"] == 0.5
+    )
+    assert some["decoded_macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)

@@ -99,8 +99,7 @@ def hierarchy_evaluation(evaluation, config, output_dir: str | None = None) -> d
             report["heads"][head].update(
                 _decoded_intervals(labels[:, h], decoded[:, h], run.heads[head], config.report)
             )
-        if output_dir:
-            for h, head in enumerate(heads):
+            if output_dir:
                 _write_decoded(
                     os.path.join(
                         output_dir, head, folder, subset + config_checks.PREDICTIONS_SUFFIX
@@ -122,7 +121,12 @@ def _decoded_intervals(labels, decoded, class_names, report_config) -> dict:
     labels, decoded = labels[labelled], decoded[labelled]
     if not len(labels):
         nan = float("nan")
-        return {"decoded_accuracy_interval": (nan, nan), "decoded_macro_f1": nan}
+        return {
+            "decoded_accuracy_interval": (nan, nan),
+            "decoded_macro_f1": nan,
+            "decoded_macro_f1_interval": (nan, nan),
+            "decoded_recall": {},
+        }
     recall, macro_f1 = statistics.recall_and_macro_f1(
         statistics.confusion_counts(labels, decoded, len(class_names))
     )

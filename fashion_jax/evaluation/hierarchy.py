@@ -105,9 +105,10 @@ def hierarchy_report(
     two on each head, inconsistency, exact matches (`decoded`: decode_consistent's result, when
     already computed).
 
-    Per-head accuracy and the paired test use the rows where that head's label is present; exact match (all heads
-    right) and `unseen_label_combinations` (true combination not in `allowed`, so decoding cannot
-    get it right) use the rows where every label is present. Undefined shares are nan.
+    Per-head accuracy and the paired test use the rows where that head's label is present; exact
+    match (all heads right) and `unseen_label_combinations` (true combination not in `allowed`,
+    so decoding cannot get it right) use the rows where every label is present. Undefined shares
+    are nan.
     """
     labels = _as_2d_int(labels, "labels")
     if not len(head_names) == len(log_probs) == labels.shape[1]:
