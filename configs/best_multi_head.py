@@ -12,7 +12,7 @@ cores"). Result (3 seeds, 2-core Intel Xeon, AVX-512, flip TTA, control): master
 classes 93.04% +- 0.31 (all 86: 87.47%); 775 +- 45 s of training. Distilled from its own three
 seeds or from three cross-fitted fold runs (--config.loss.distill_teachers), one network did not
 gain on val (docs/results.md, "Distillation"). masterCategory read from the consistent hierarchy
-decoding (heads.md; `consistent_masterCategory`): 99.21% +- 0.06 val, 99.27% +- 0.08 test, against
+decoding (heads.md; `consistent_masterCategory`): 99.21% +- 0.05 val, 99.26% +- 0.08 test, against
 99.07 / 99.05 for the head alone and 99.15 / 99.08 for configs/best.py (retrained 3 seeds, Xeon
 model 167, 486 s of training; docs/results.md, "masterCategory read from the hierarchy's decoding").
 The model to ship, refit on train and val (compare it on test; val is then not held out):
