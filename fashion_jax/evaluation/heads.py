@@ -130,23 +130,14 @@ def _decoded_intervals(labels, decoded, class_names, report_config) -> dict:
     recall, macro_f1 = statistics.recall_and_macro_f1(
         statistics.confusion_counts(labels, decoded, len(class_names))
     )
-    boot = statistics.bootstrap_intervals(
-        labels,
-        decoded,
-        len(class_names),
-        report_config.bootstrap_samples,
-        report_config.bootstrap_seed,
-        report_config.confidence_level,
-    )
+    sure = report_lib.intervals(labels, decoded, class_names, report_config)
     return {
-        "decoded_accuracy_interval": statistics.wilson_interval(
-            int((labels == decoded).sum()), len(labels), report_config.confidence_level
-        ),
+        "decoded_accuracy_interval": sure["accuracy"],
         "decoded_macro_f1": macro_f1,
-        "decoded_macro_f1_interval": boot["macro_f1"],
+        "decoded_macro_f1_interval": sure["macro_f1"],
         "decoded_recall": {
-            name: {"value": float(r), "interval": i}
-            for name, r, i in zip(class_names, recall, boot["recall"])
+            name: {"value": float(r), "interval": sure["recall"][name]}
+            for name, r in zip(class_names, recall)
         },
     }
 
@@ -156,17 +147,15 @@ def _write_decoded(path, ids, head, class_names, labels, decoded, log_probs):
     of it."""
     labelled = labels >= 0
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    pd.DataFrame(
-        {
-            "id": ids[labelled],
-            "label_column": head,
-            "label": class_names[labels[labelled]],
-            "predicted": class_names[decoded[labelled]],
-            "probability": np.exp(np.take_along_axis(log_probs, decoded[:, None], 1)[:, 0])[
-                labelled
-            ],
-        }
-    ).to_csv(path, index=False, float_format="%.6f")
+    probability = np.exp(np.take_along_axis(log_probs, decoded[:, None], 1)[:, 0])
+    report_lib.write_predictions(
+        path,
+        ids[labelled],
+        head,
+        class_names[labels[labelled]],
+        class_names[decoded[labelled]],
+        probability[labelled],
+    )
 
 
 def consistent_columns(run: saved_runs.Run, split: pd.DataFrame, hierarchy_config):

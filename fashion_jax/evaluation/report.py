@@ -99,24 +99,44 @@ def _metrics(ctx, log_probs, subset: str, detailed: bool) -> dict:
         detailed,
         top_classes=ctx.top_classes,
     )
-    correct = int((log_probs.argmax(-1) == labels).sum())
+    predictions = log_probs.argmax(-1)
+    numbers["correct"] = int((predictions == labels).sum())
+    numbers["intervals"] = intervals(labels, predictions, ctx.class_names, report_config)
+    return numbers
+
+
+def intervals(labels, predictions, class_names, report_config) -> dict:
+    """How sure a model's numbers are: accuracy's Wilson interval, and macro F1's and each class
+    recall's seeded bootstrap interval over the images (--config.report's level and samples)."""
     boot = statistics.bootstrap_intervals(
         labels,
-        log_probs.argmax(-1),
-        len(ctx.class_names),
+        predictions,
+        len(class_names),
         report_config.bootstrap_samples,
         report_config.bootstrap_seed,
         report_config.confidence_level,
     )
-    numbers["correct"] = correct
-    numbers["intervals"] = {
+    return {
         "accuracy": statistics.wilson_interval(
-            correct, len(labels), report_config.confidence_level
+            int((labels == predictions).sum()), len(labels), report_config.confidence_level
         ),
         "macro_f1": boot["macro_f1"],
-        "recall": dict(zip(ctx.class_names, boot["recall"])),
+        "recall": dict(zip(class_names, boot["recall"])),
     }
-    return numbers
+
+
+def write_predictions(path, ids, label_column, labels, predicted, probability):
+    """<subset>_predictions.csv, the per-image file --config.report.compare_with reads: id, the
+    label column, the true and predicted class names, the probability given to the prediction."""
+    pd.DataFrame(
+        {
+            "id": ids,
+            "label_column": label_column,
+            "label": labels,
+            "predicted": predicted,
+            "probability": probability,
+        }
+    ).to_csv(path, index=False, float_format="%.6f")
 
 
 def _distinct_models(entries: list) -> list:
@@ -298,15 +318,14 @@ def _write_entry_files(output_dir, result, entry, ctx) -> dict:
         )
         predicted = log_probs.argmax(-1)
         confidence = np.exp(log_probs.max(-1))
-        pd.DataFrame(
-            {
-                "id": data.ids,
-                "label_column": label_column(ctx),
-                "label": np.asarray(names)[data.labels],
-                "predicted": np.asarray(names)[predicted],
-                "probability": confidence,
-            }
-        ).to_csv(paths[config_checks.PREDICTIONS_SUFFIX[1:]], index=False, float_format="%.6f")
+        write_predictions(
+            paths[config_checks.PREDICTIONS_SUFFIX[1:]],
+            data.ids,
+            label_column(ctx),
+            np.asarray(names)[data.labels],
+            np.asarray(names)[predicted],
+            confidence,
+        )
         captions = [
             f"id {data.ids[i]}\ntrue: {names[data.labels[i]]}\n"
             f"pred: {names[predicted[i]]} ({confidence[i]:.2f})"
