@@ -89,7 +89,8 @@ def hierarchy_evaluation(evaluation, config, output_dir: str | None = None) -> d
     }
     for subset in config_checks.names(config.subsets):
         rows = split[split["subset"] == subset]
-        log_probs = [evaluation.store(checkpoint, subset)[h] for h in heads]
+        predicted = evaluation.store(checkpoint, subset)
+        log_probs = [predicted[h] for h in heads]
         labels = label_matrix(rows, run, heads)
         decoded = hierarchy.decode_consistent(log_probs, allowed)
         result["subsets"][subset] = report = hierarchy.hierarchy_report(
